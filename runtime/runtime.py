@@ -307,6 +307,7 @@ class Runtime:
         """
         types = self.registry.types
         while True:
+            self._check_running()
             self._activity.clear()
             if (
                 not self._active
@@ -320,6 +321,14 @@ class Runtime:
                     await self._activity.wait()
             except TimeoutError:
                 pass
+
+    def _check_running(self) -> None:
+        main = self._main
+        if main is None or self._closed:
+            raise StoreClosed("the Runtime is not running; use it as `async with Runtime(...)`")
+        if main.done():
+            exc = None if main.cancelled() else main.exception()
+            raise WakefulError(f"the Runtime's dispatcher stopped: {exc!r}") from exc
 
     async def state(self, address: str) -> dict[str, dict[str, Any]]:
         """The entity's collections, custom and built-in, as plain values (a copy)."""
@@ -341,6 +350,10 @@ class Runtime:
         """Follow the entity's events live, from after offset `after` (the first if None)."""
         parse_address(address)
         return self.store.tail(address, after=after)
+
+    def loaded(self) -> list[str]:
+        """Addresses whose state is in memory now, least recently used first."""
+        return list(self._cache)
 
     async def entities(self, type: str, after: str | None = None, limit: int = 100) -> list[str]:
         """Ids of the entities of `type` that have events, sorted, after id `after`."""
