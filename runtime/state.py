@@ -515,6 +515,15 @@ class ReadOnlyCollection(Mapping[str, Any]):
     def __getitem__(self, key: str) -> Any:
         return deep_copy(self._base[key])
 
+    def __setitem__(self, key: str, value: Any) -> None:
+        raise TypeError(
+            f"built-in collection {self._name!r} is read-only: the runtime derives it from "
+            "the stream; keep your own data in a custom collection"
+        )
+
+    def __delitem__(self, key: str) -> None:
+        self.__setitem__(key, None)
+
     def __iter__(self) -> Iterator[str]:
         return iter(list(self._base))
 
