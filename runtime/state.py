@@ -32,6 +32,11 @@ BUILTIN_COLLECTIONS: tuple[str, ...] = (
 )
 """Collections derived from the stream by the runtime; read-only for handlers."""
 
+RUN_HISTORY = 100
+"""Finished runs kept in the `runs` collection (with their steps, texts, tool calls,
+approvals and errors); older ones stay in the stream only. Unfinished runs are
+always kept. Bounds the state, and so snapshots and rebuilds, of long-lived entities."""
+
 _COLLECTION = re.compile(r"[A-Za-z_][A-Za-z0-9_\-.]{0,63}")
 COLLECTION_RULE = (
     "collection names are 1-64 characters: a letter or _, then letters, digits, _, - or ."
@@ -177,6 +182,8 @@ def _run_status(status: str) -> Callable[[EntityState, Event], None]:
             run["ended_at"] = e.at
             if s.active_run == e.run:
                 s.active_run = None
+            if len(s.runs) > RUN_HISTORY:
+                _forget_old_runs(s)
         if status == "completed":
             run["result"] = d.result
         elif status == "failed":
@@ -188,6 +195,32 @@ def _run_status(status: str) -> Callable[[EntityState, Event], None]:
             run["waiting_for"] = d.waiting_for
 
     return apply
+
+
+TERMINAL = frozenset(("completed", "failed", "cancelled"))
+
+
+def _forget_old_runs(s: EntityState) -> None:
+    """Keep every unfinished run and the last RUN_HISTORY finished ones, with their
+    steps, texts, tool calls, approvals and errors. Entries of a run are inserted
+    after the run started, so dropping from the front of each collection is enough."""
+    runs = s.runs
+    while len(runs) > RUN_HISTORY:
+        oldest = next((r for r, info in runs.items() if info["status"] in TERMINAL), None)
+        if oldest is None:
+            return
+        del runs[oldest]
+    for coll in (s.steps, s.tool_calls, s.approvals, s.errors):
+        while coll:
+            key, entry = next(iter(coll.items()))
+            if entry.get("run") in runs:
+                break
+            del coll[key]
+    while s.texts:
+        key = next(iter(s.texts))
+        if key in runs:
+            break
+        del s.texts[key]
 
 
 def _step_key(e: Event) -> str:

@@ -473,3 +473,18 @@ async def test_tail_through_the_runtime_is_live(rt: Runtime) -> None:
     async with asyncio.timeout(5):
         await task
     assert seen.count("run.started") == 2
+
+
+async def test_run_history_in_state_is_bounded(store_factory: StoreFactory) -> None:
+    from wakeful.runtime.state import RUN_HISTORY
+
+    async with Runtime(counter_registry(), store_factory()) as rt:
+        for _ in range(RUN_HISTORY + 20):
+            await rt.send("/counter/busy", {"add": 1})
+        await rt.idle()
+        state = await rt.state("/counter/busy")
+        events = await rt.read("/counter/busy")
+    started = [e.run for e in events if e.kind == "run.started"]
+    assert len(started) == RUN_HISTORY + 20
+    assert list(state["runs"]) == started[-RUN_HISTORY:]  # the newest, in order
+    assert state["totals"] == {"n": RUN_HISTORY + 20}
