@@ -30,6 +30,7 @@ from .turn import run_turn
 log = logging.getLogger("wakeful.runtime")
 
 READ_BATCH = 10_000
+INBOX_BATCH = 256
 
 
 class _Cached:
@@ -184,9 +185,11 @@ class Runtime:
             async with self._sem:
                 while act.dirty:
                     act.dirty = False
-                    items = await self.store.inbox(address)
+                    items = await self.store.inbox(address, limit=INBOX_BATCH)
                     for item in items:
                         await self._process(address, item)
+                    if len(items) == INBOX_BATCH:
+                        act.dirty = True
         except asyncio.CancelledError:
             raise
         except Exception:
