@@ -15,6 +15,7 @@ ADDRESS_RULE = "addresses look like /<type>/<id>, e.g. /counter/c1"
 
 _TYPE = re.compile(r"[a-z][a-z0-9_-]{0,63}")
 _ID = re.compile(r"[A-Za-z0-9_\-.:@]{1,128}")
+_ID_CHAR = re.compile(r"[A-Za-z0-9_\-.:@]")
 
 
 def _describe(value: str, allowed: re.Pattern[str], max_len: int) -> str:
@@ -43,28 +44,25 @@ def check_type(type: str) -> str:
     return type
 
 
+def _check_token(value: str, what: str, rule: str) -> str:
+    if not isinstance(value, str) or not _ID.fullmatch(value):
+        why = (
+            _describe(value, _ID_CHAR, 128)
+            if isinstance(value, str)
+            else f"is a {builtin_type_name(value)}, not a string"
+        )
+        raise InvalidAddress(str(value), f"{what} {value!r} {why}; {rule}")
+    return value
+
+
 def check_id(id: str) -> str:
     """Return `id` if it is a valid entity id, else raise `InvalidAddress`."""
-    if not isinstance(id, str) or not _ID.fullmatch(id):
-        why = (
-            _describe(id, re.compile(r"[A-Za-z0-9_\-.:@]"), 128)
-            if isinstance(id, str)
-            else f"is a {builtin_type_name(id)}, not a string"
-        )
-        raise InvalidAddress(str(id), f"entity id {id!r} {why}; {ID_RULE}")
-    return id
+    return _check_token(id, "entity id", ID_RULE)
 
 
 def check_name(name: str, what: str = "name") -> str:
-    """Validate a timer, signal or collection-independent name (same charset as ids)."""
-    if not isinstance(name, str) or not _ID.fullmatch(name):
-        why = (
-            _describe(name, re.compile(r"[A-Za-z0-9_\-.:@]"), 128)
-            if isinstance(name, str)
-            else f"is a {builtin_type_name(name)}, not a string"
-        )
-        raise InvalidAddress(str(name), f"{what} {name!r} {why}; {NAME_RULE}")
-    return name
+    """Validate a timer or signal name (the same characters as entity ids)."""
+    return _check_token(name, what, NAME_RULE)
 
 
 def builtin_type_name(value: object) -> str:

@@ -14,7 +14,6 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
-from types import TracebackType
 from typing import Any
 
 from .address import parse_address
@@ -22,6 +21,7 @@ from .codec import normalize
 from .config import RuntimeConfig
 from .errors import ConcurrencyError, StoreClosed, WakefulError
 from .events import Event
+from .lifecycle import AsyncResource
 from .ports import Envelope, EventStore, InboxItem, Snapshot
 from .registry import Registry, check_mode
 from .state import EntityState, decode_snapshot, encode_snapshot, evolve, rebuild
@@ -50,7 +50,7 @@ class _Activation:
         self.dirty = True
 
 
-class Runtime:
+class Runtime(AsyncResource):
     """Runs the handlers of `registry` against the entities in `store`.
 
     ```python
@@ -79,19 +79,7 @@ class Runtime:
 
     # -- lifecycle ---------------------------------------------------------------
 
-    async def __aenter__(self) -> Runtime:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-    async def start(self) -> None:
+    async def open(self) -> None:
         """Open the store and start dispatching wakes (idempotent)."""
         if self._main is not None:
             return

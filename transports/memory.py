@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Collection
-from types import TracebackType
 
 from wakeful.runtime.address import parse_address
 from wakeful.runtime.errors import ConcurrencyError, InvalidPayload
 from wakeful.runtime.events import Event, encode_data
+from wakeful.runtime.lifecycle import AsyncResource
 from wakeful.runtime.ports import Commit, Envelope, InboxItem, Snapshot, TimerArm
 
 from ._local import Background, Signals, closed_error, format_offset, parse_offset, run_timers
@@ -29,7 +29,7 @@ def _check_encodable(data: object) -> None:
         raise InvalidPayload("event data", str(exc)) from None
 
 
-class MemoryStore:
+class MemoryStore(AsyncResource):
     """An `EventStore` in memory. Use as `async with MemoryStore() as store:` or hand it
     to a `Runtime`, which opens and closes it."""
 
@@ -44,18 +44,6 @@ class MemoryStore:
         self._background = Background("wakeful-memory-store")
 
     # -- lifecycle -------------------------------------------------------------
-
-    async def __aenter__(self) -> MemoryStore:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def open(self) -> None:
         if self._signals is not None:

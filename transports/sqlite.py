@@ -20,7 +20,6 @@ import time
 from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any, TypeVar
 
 import aiosqlite
@@ -29,6 +28,7 @@ import msgspec
 from wakeful.runtime.address import parse_address
 from wakeful.runtime.errors import ConcurrencyError, InvalidPayload, StoreClosed
 from wakeful.runtime.events import Event, decode_data, encode_data
+from wakeful.runtime.lifecycle import AsyncResource
 from wakeful.runtime.ports import Commit, Envelope, InboxItem, Snapshot
 
 from ._local import Background, Signals, closed_error, format_offset, parse_offset, run_timers
@@ -316,7 +316,7 @@ def _read_inbox(conn: sqlite3.Connection, address: str, limit: int) -> list[Inbo
     return [InboxItem(format_offset(i), at, _env_decoder.decode(env)) for i, at, env in rows]
 
 
-class SQLiteStore:
+class SQLiteStore(AsyncResource):
     """An `EventStore` in one SQLite file.
 
     `SQLiteStore("wakeful.db")`; `synchronous` is "NORMAL" (default) or "FULL"
@@ -348,18 +348,6 @@ class SQLiteStore:
         self._background = Background("wakeful-sqlite-store")
 
     # -- lifecycle -------------------------------------------------------------------
-
-    async def __aenter__(self) -> SQLiteStore:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def open(self) -> None:
         if self._signals is not None:
