@@ -25,6 +25,11 @@ class RuntimeConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Most entity activations running at once."""
     retry_delay: float = 0.5
     """Seconds before an entity whose turn hit a store error is tried again."""
+    flush_interval: float = 0.005
+    """Background events (classic run events, text deltas) are committed at most this
+    often per entity; the first one at once."""
+    wait_timeout: float = 30.0
+    """How long `rt.approve` and `rt.cancel` wait to see their effect recorded."""
 
     def __post_init__(self) -> None:
         for name in ("max_payload", "cache_size", "max_concurrency"):
@@ -32,7 +37,7 @@ class RuntimeConfig(msgspec.Struct, frozen=True, kw_only=True):
                 raise ValueError(f"RuntimeConfig.{name} must be at least 1")
         if self.snapshot_every < 0:
             raise ValueError("RuntimeConfig.snapshot_every must be 0 (off) or more")
-        if self.idle_timeout < 0 or self.retry_delay < 0:
+        if min(self.idle_timeout, self.retry_delay, self.flush_interval, self.wait_timeout) < 0:
             raise ValueError("RuntimeConfig timeouts must not be negative")
 
     @classmethod

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextvars
 import datetime as _dt
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
@@ -16,7 +18,15 @@ from .registry import check_mode
 from .state import EntityState, StateView
 
 if TYPE_CHECKING:
+    from .events import ToolResult
     from .registry import Registry
+    from .run import RunDriver
+
+T = TypeVar("T")
+
+step_key_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "wakeful_step_key", default=None
+)
 
 WAKE_KINDS = ("message", "approval", "signal", "timer", "child", "resume", "cancel")
 
@@ -36,6 +46,13 @@ class Wake(msgspec.Struct, frozen=True):
     """The timer, signal or call id this wake is about, if any."""
 
 
+class Decision(msgspec.Struct, frozen=True):
+    """The answer to an approval request."""
+
+    approved: bool
+    reason: str | None = None
+
+
 class Context:
     """A handler's view of its entity during one turn.
 
@@ -46,6 +63,7 @@ class Context:
 
     __slots__ = (
         "_changes",
+        "_driver",
         "_limit",
         "_ops",
         "_registry",
@@ -67,6 +85,7 @@ class Context:
         entity: EntityState,
         registry: Registry,
         max_payload: int,
+        driver: RunDriver | None = None,
     ) -> None:
         self.address = address
         self.type, self.id = parse_address(address)
@@ -75,6 +94,7 @@ class Context:
         self._state = entity
         self._registry = registry
         self._limit = max_payload
+        self._driver = driver
         self._changes: dict[tuple[str, str], Any] = {}
         self._ops: list[Envelope | ChildSpawned | TimerSet | TimerCancelled] = []
         self.state = StateView(entity, self._changes, max_payload)
@@ -126,7 +146,7 @@ class Context:
         """Arm the durable timer `name` (replacing one of the same name) to wake this
         entity with `wake.kind == "timer"` at `at` (epoch seconds or an aware
         datetime) or `after` seconds. Returns the due time in epoch seconds."""
-        check_name(name, "timer name")
+        _check_user_timer(name)
         if (at is None) == (after is None):
             raise ValueError(f"timer {name!r}: give exactly one of at= or after=")
         if at is not None:
@@ -147,5 +167,95 @@ class Context:
 
     def cancel_timer(self, name: str) -> None:
         """Disarm the timer `name` when this turn commits (no error if it is not armed)."""
-        check_name(name, "timer name")
+        _check_user_timer(name)
         self._ops.append(TimerCancelled(name=name))
+
+    # -- runs: steps, text, approvals, signals, tool calls ---------------------
+
+    def _run(self) -> RunDriver:
+        if self._driver is None:
+            raise RuntimeError("this Context has no run")
+        return self._driver
+
+    async def step(
+        self,
+        name: str,
+        fn: Callable[..., Awaitable[T] | T],
+        *args: Any,
+        retries: int = 0,
+        backoff: float = 0.1,
+        **kwargs: Any,
+    ) -> T:
+        """Run `fn(*args, **kwargs)` as the step `name` and return its result.
+
+        durable: `step.completed` with the result is committed before this
+        returns, and after a restart the recorded result is returned without
+        calling `fn` again. classic: `fn` is called and its event recorded in the
+        background. A failure is retried `retries` times (after `backoff`,
+        doubling); then, or at once for a `TerminalError`, `StepError` is raised.
+        The result must be JSON-serialisable.
+        """
+        if retries < 0 or backoff < 0:
+            raise ValueError("retries and backoff must not be negative")
+        result: T = await self._run().step(name, fn, args, kwargs, retries, backoff)
+        return result
+
+    @property
+    def step_key(self) -> str:
+        """A stable idempotency key for the step running now (`<run>:<position>`): the same
+        on every attempt and after a restart. Use it for external effects."""
+        key = step_key_var.get()
+        if key is None:
+            raise RuntimeError("ctx.step_key is only available inside a step")
+        return key
+
+    def emit_text(self, delta: str) -> None:
+        """Stream `delta` to observers as `text.delta` (coalesced, in the background); the
+        text is closed with `text.completed` when the step or the run ends, or `end_text()`."""
+        self._run().emit_text(delta)
+
+    def end_text(self) -> None:
+        """Close the text being streamed with `text.completed`."""
+        self._run().end_text()
+
+    async def approval(
+        self,
+        call_id: str,
+        *,
+        tool: str | None = None,
+        args: Any = None,
+        timeout: float | None = None,
+    ) -> Decision:
+        """Ask for an approval and wait for `rt.approve(...)`; a timeout denies it with
+        reason `timeout`. durable: the wait survives restarts (the handler runs again
+        from the top when the decision comes). classic: the wait is in memory."""
+        return await self._run().approval(call_id, tool, args, timeout)
+
+    async def wait_signal(self, name: str, *, timeout: float | None = None) -> Any:
+        """Wait for `rt.signal(address, name, payload)` and return the payload;
+        `TimeoutError` after `timeout` seconds. Signals that arrive before the wait
+        are kept for it."""
+        return await self._run().wait_signal(name, timeout)
+
+    async def tool_call(
+        self,
+        call_id: str,
+        tool: str,
+        fn: Callable[..., Awaitable[Any] | Any],
+        args: dict[str, Any] | None = None,
+        *,
+        requires_approval: bool = False,
+        approval_timeout: float | None = None,
+        retries: int = 0,
+    ) -> ToolResult:
+        """Record `tool.called`, ask for approval if needed, run `fn(**args)` as a step,
+        and record `tool.result` (success, error or denied), which it returns."""
+        return await self._run().tool_call(
+            call_id, tool, fn, args or {}, requires_approval, approval_timeout, retries
+        )
+
+
+def _check_user_timer(name: str) -> None:
+    check_name(name, "timer name")
+    if name.startswith("wk:"):
+        raise ValueError(f"timer name {name!r}: names starting with 'wk:' are the runtime's own")

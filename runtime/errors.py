@@ -85,5 +85,19 @@ class TerminalError(WakefulError):
     """Raised by user code to fail a step or run without retrying it."""
 
 
+class StepError(TerminalError):
+    """A step failed for good (retries exhausted, or it raised `TerminalError`).
+
+    `ctx.step` raises this, with the original exception as `__cause__` when it
+    ran in this process; a durable run that replays a recorded failure raises it
+    with the recorded message, so a handler sees the same error either way.
+    """
+
+    def __init__(self, name: str, error: str) -> None:
+        super().__init__(f"step {name!r} failed: {error}")
+        self.name = name
+        self.error = error
+
+
 class StoreClosed(WakefulError):
     """The store was used before `open()` or after `close()`."""

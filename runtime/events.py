@@ -60,7 +60,7 @@ class RunStarted(EventData, frozen=True):
 
 class RunSuspended(EventData, frozen=True):
     waiting_for: str = ""
-    name: str | None = None
+    """What the run waits for: `approval:<call_id>` or `signal:<name>`."""
 
 
 class RunResumed(EventData, frozen=True):
@@ -96,6 +96,8 @@ class StepFailed(EventData, frozen=True):
     position: int = 0
     error: str = ""
     attempt: int = 1
+    final: bool = False
+    """True when no retry follows: the step raised its error into the handler."""
 
 
 class TextDelta(EventData, frozen=True):
@@ -115,6 +117,7 @@ class ToolCalled(EventData, frozen=True):
 class ToolResult(EventData, frozen=True):
     call_id: str = ""
     status: str = "success"
+    """success, error or denied."""
     result: Any = None
     error: str | None = None
 
@@ -135,6 +138,8 @@ class ApprovalDecided(EventData, frozen=True):
 class SignalReceived(EventData, frozen=True):
     name: str = ""
     payload: Any = None
+    timed_out: bool = False
+    """True when this records that a wait for the signal timed out instead."""
 
 
 class TimerSet(EventData, frozen=True):
@@ -150,6 +155,8 @@ class TimerCancelled(EventData, frozen=True):
 class TimerFired(EventData, frozen=True):
     name: str = ""
     payload: Any = None
+    inbox: str | None = None
+    """Inbox offset of the firing when it wakes the handler (user timers)."""
 
 
 class ChildSpawned(EventData, frozen=True):
@@ -162,6 +169,10 @@ class ChildFinished(EventData, frozen=True):
     status: str = ""
     result: Any = None
     error: str | None = None
+    run: str | None = None
+    """The child's run that finished."""
+    inbox: str | None = None
+    """Inbox offset of the notification that woke the parent."""
 
 
 class StateSet(EventData, frozen=True):

@@ -14,14 +14,15 @@ from typing import Any, Protocol, runtime_checkable
 
 import msgspec
 
-from .events import Event, EventData
+from .events import Event
 
 
 class NewEvent(msgspec.Struct, frozen=True):
     """An event as the runtime hands it to `commit`: the store gives it offset and seq."""
 
     kind: str
-    data: EventData | Any
+    data: Any
+    """The kind's `EventData` struct (a plain value for kinds this version does not know)."""
     at: float
     run: str | None = None
 
@@ -68,6 +69,26 @@ class TimerArm(msgspec.Struct, frozen=True):
     generation: int = 0
 
 
+class RunRecord(msgspec.Struct, frozen=True):
+    """A run as the store indexes it across entities (`rt.runs()`, `rt.run(id)`)."""
+
+    run: str
+    address: str
+    status: str
+    """running, suspended, completed, failed or cancelled."""
+    mode: str = "classic"
+    trigger: str = "message"
+    started_at: float = 0.0
+    ended_at: float | None = None
+    reason: str | None = None
+    """Why it ended (failed, cancelled) or what it waits for (suspended)."""
+    error: str | None = None
+
+
+ACTIVE = ("running", "suspended")
+TERMINAL = ("completed", "failed", "cancelled")
+
+
 class Commit(msgspec.Struct, frozen=True):
     """One atomic write for one entity."""
 
@@ -82,6 +103,8 @@ class Commit(msgspec.Struct, frozen=True):
     """Names of timers to disarm."""
     consumed: list[str] = []
     """Inbox offsets this commit consumed; they leave the inbox with the commit."""
+    runs: list[RunRecord] = []
+    """Run index entries to insert or replace (by run id) with this commit."""
 
 
 class Snapshot(msgspec.Struct, frozen=True):
@@ -159,4 +182,14 @@ class EventStore(Protocol):
 
     async def pending(self, types: Collection[str]) -> bool:
         """Whether any entity of `types` has inbox messages, or a timer due now."""
+        ...
+
+    async def run(self, run: str) -> RunRecord | None:
+        """The index entry of one run."""
+        ...
+
+    async def runs(
+        self, address: str | None = None, status: str | None = None, limit: int = 100
+    ) -> list[RunRecord]:
+        """Runs, newest first; `status` is one status, or "active" (running or suspended)."""
         ...

@@ -1,10 +1,12 @@
 """The `Runtime`: the public entry point, and the dispatcher that wakes entities.
 
-One activation per entity at a time: the wakes of one entity are handled in
-inbox order, one after another; different entities run concurrently. States
-of recently woken entities stay in an LRU cache and leave it after
-`idle_timeout` (scale to zero); the next wake rebuilds them from the latest
-snapshot plus the events after it.
+One activation per entity at a time (`Actor`): the wakes of one entity are
+handled in inbox order; different entities run concurrently. States of
+recently active entities stay in an LRU cache and leave it after `idle_timeout`
+(scale to zero); the next wake rebuilds them from the latest snapshot plus the
+events after it. When the runtime starts, every run the store lists as active
+is looked at: classic ones left by a stopped process are closed as
+`worker_lost`, durable ones resumed.
 """
 
 from __future__ import annotations
@@ -13,24 +15,24 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
-from .address import parse_address
+from .actor import Actor
+from .address import check_name, parse_address
 from .codec import normalize
 from .config import RuntimeConfig
-from .errors import ConcurrencyError, StoreClosed, WakefulError
+from .context import Decision
+from .errors import NotFound, StoreClosed, WakefulError
 from .events import Event
 from .lifecycle import AsyncResource
-from .ports import Envelope, EventStore, InboxItem, Snapshot
+from .ports import TERMINAL, Envelope, EventStore, RunRecord, Snapshot
 from .registry import Registry, check_mode
-from .state import EntityState, decode_snapshot, encode_snapshot, evolve, rebuild
-from .turn import run_turn
+from .state import EntityState, decode_snapshot, encode_snapshot, rebuild
 
 log = logging.getLogger("wakeful.runtime")
 
 READ_BATCH = 10_000
-INBOX_BATCH = 256
 
 
 class _Cached:
@@ -40,14 +42,6 @@ class _Cached:
         self.state = state
         self.snapshot_seq = snapshot_seq
         self.used = time.monotonic()
-
-
-class _Activation:
-    __slots__ = ("address", "dirty")
-
-    def __init__(self, address: str) -> None:
-        self.address = address
-        self.dirty = True
 
 
 class Runtime(AsyncResource):
@@ -68,33 +62,33 @@ class Runtime(AsyncResource):
         self.store = store
         self.config = config or RuntimeConfig()
         self._cache: OrderedDict[str, _Cached] = OrderedDict()
-        self._active: dict[str, _Activation] = {}
+        self._actors: dict[str, Actor] = {}
         self._retrying: set[str] = set()
         self._activity = asyncio.Event()
-        self._sem: asyncio.Semaphore | None = None
+        self._sem = asyncio.Semaphore(self.config.max_concurrency)
         self._tg: asyncio.TaskGroup | None = None
         self._main: asyncio.Task[None] | None = None
-        self._ready: asyncio.Future[None] | None = None
         self._closed = False
 
-    # -- lifecycle ---------------------------------------------------------------
+    # -- lifecycle -------------------------------------------------------------
 
     async def open(self) -> None:
-        """Open the store and start dispatching wakes (idempotent)."""
+        """Open the store, recover unfinished runs and start dispatching wakes (idempotent)."""
         if self._main is not None:
             return
         if self._closed:
             raise StoreClosed("this Runtime was closed; create a new one")
         await self.store.open()
-        self._sem = asyncio.Semaphore(self.config.max_concurrency)
-        loop = asyncio.get_running_loop()
-        self._ready = loop.create_future()
-        self._main = asyncio.create_task(self._supervise(), name="wakeful-runtime")
-        await self._ready
+        ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._main = asyncio.create_task(self._supervise(ready), name="wakeful-runtime")
+        await ready
+        for record in await self.store.runs(status="active", limit=1_000_000):
+            self._poke(record.address)
 
     async def close(self) -> None:
-        """Stop dispatching, abandon turns in flight (their messages stay in the inbox),
-        and close the store. Idempotent."""
+        """Stop dispatching, abandon turns in flight (their messages stay in the inbox; a
+        classic run in flight is closed as `worker_lost` on the next start) and close
+        the store. Idempotent."""
         if self._closed:
             return
         self._closed = True
@@ -108,14 +102,21 @@ class Runtime(AsyncResource):
                     raise
         await self.store.close()
 
-    async def _supervise(self) -> None:
+    async def _supervise(self, ready: asyncio.Future[None]) -> None:
         async with asyncio.TaskGroup() as tg:
             self._tg = tg
             tg.create_task(self._feed(), name="wakeful-feed")
             tg.create_task(self._sweep(), name="wakeful-sweep")
-            assert self._ready is not None
-            self._ready.set_result(None)
+            ready.set_result(None)
             await asyncio.Event().wait()  # until cancelled by close()
+
+    def _spawn(
+        self, coro: Coroutine[Any, Any, None], name: str | None = None
+    ) -> asyncio.Task[None]:
+        if self._tg is None:
+            coro.close()
+            raise StoreClosed("the Runtime is not running")
+        return self._tg.create_task(coro, name=name)
 
     async def _feed(self) -> None:
         while True:
@@ -134,23 +135,20 @@ class Runtime(AsyncResource):
         period = max(0.05, min(self.config.idle_timeout / 2, 5.0))
         while True:
             await asyncio.sleep(period)
-            self._evict_idle()
+            deadline = time.monotonic() - self.config.idle_timeout
+            cache = self._cache
+            while cache:
+                address, cached = next(iter(cache.items()))
+                if cached.used > deadline:
+                    break
+                del cache[address]
 
-    def _evict_idle(self) -> None:
-        deadline = time.monotonic() - self.config.idle_timeout
-        cache = self._cache
-        while cache:
-            address, cached = next(iter(cache.items()))
-            if cached.used > deadline:
-                break
-            del cache[address]
-
-    # -- dispatch ------------------------------------------------------------------
+    # -- dispatch --------------------------------------------------------------
 
     def _poke(self, address: str) -> None:
-        act = self._active.get(address)
-        if act is not None:
-            act.dirty = True
+        actor = self._actors.get(address)
+        if actor is not None:
+            actor.poke()
             return
         try:
             type_name, _ = parse_address(address)
@@ -160,33 +158,26 @@ class Runtime(AsyncResource):
         if type_name not in self.registry:
             log.warning("%s: no handler for entity type %r; its inbox waits", address, type_name)
             return
-        if self._tg is None:
+        if self._tg is None or address in self._retrying:
             return
-        act = self._active[address] = _Activation(address)
+        actor = self._actors[address] = Actor(self, address)
         self._activity.set()
-        self._tg.create_task(self._activate(act))
+        self._spawn(actor.main(), name=f"wakeful-actor-{address}")
 
-    async def _activate(self, act: _Activation) -> None:
-        address = act.address
-        assert self._sem is not None
-        try:
-            async with self._sem:
-                while act.dirty:
-                    act.dirty = False
-                    items = await self.store.inbox(address, limit=INBOX_BATCH)
-                    for item in items:
-                        await self._process(address, item)
-                    if len(items) == INBOX_BATCH:
-                        act.dirty = True
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("%s: wake failed; retrying in %ss", address, self.config.retry_delay)
-            self._cache.pop(address, None)
-            self._retry_later(address)
-        finally:
-            del self._active[address]
-            self._activity.set()
+    def _actor_done(self, actor: Actor) -> None:
+        if self._actors.get(actor.address) is actor:
+            del self._actors[actor.address]
+        self._activity.set()
+        if actor.broken is not None:
+            # Drop what we had in memory; the entity is reloaded and its runs recovered.
+            self._cache.pop(actor.address, None)
+            if actor.run is not None and actor.run.task is not None:
+                actor.run.task.cancel()
+            self._retry_later(actor.address)
+        elif actor.cached is not None:
+            self._touch(actor.address, actor.cached)
+            if actor.dirty:
+                self._poke(actor.address)
 
     def _retry_later(self, address: str) -> None:
         if address in self._retrying or self._tg is None:
@@ -200,39 +191,21 @@ class Runtime(AsyncResource):
                 self._retrying.discard(address)
             self._poke(address)
 
-        self._tg.create_task(retry())
+        self._spawn(retry())
 
-    async def _process(self, address: str, item: InboxItem) -> None:
-        for attempt in range(5):
-            cached = await self._load(address)
-            commit = await run_turn(self.registry, cached.state, item, self.config.max_payload)
-            try:
-                committed = await self.store.commit(commit)
-            except ConcurrencyError as exc:
-                # Another writer moved the stream: forget our copy, reload, and
-                # see whether the message is still ours to process.
-                log.info("%s: %s (attempt %d)", address, exc, attempt + 1)
-                self._cache.pop(address, None)
-                pending = await self.store.inbox(address)
-                if not any(p.offset == item.offset for p in pending):
-                    return
-                continue
-            state = cached.state
-            for event in committed:
-                evolve(state, event)
-            self._touch(address, cached)
-            every = self.config.snapshot_every
-            if every and state.seq - cached.snapshot_seq >= every:
-                await self._snapshot(cached)
-            return
-        raise ConcurrencyError(address, commit.expected, -1)
-
-    async def _snapshot(self, cached: _Cached) -> None:
+    def _after_commit(self, cached: _Cached) -> None:
         state = cached.state
-        await self.store.save_snapshot(
-            state.address, Snapshot(state.seq, encode_snapshot(state), state.offset or "")
-        )
-        cached.snapshot_seq = state.seq
+        every = self.config.snapshot_every
+        if every and state.seq - cached.snapshot_seq >= every:
+            cached.snapshot_seq = state.seq
+            snapshot = Snapshot(state.seq, encode_snapshot(state), state.offset or "")
+            self._spawn(self._save_snapshot(state.address, snapshot))
+
+    async def _save_snapshot(self, address: str, snapshot: Snapshot) -> None:
+        try:
+            await self.store.save_snapshot(address, snapshot)
+        except Exception:
+            log.exception("%s: could not save a snapshot (it is only a cache)", address)
 
     async def _load(self, address: str) -> _Cached:
         cached = self._cache.get(address)
@@ -266,7 +239,22 @@ class Runtime(AsyncResource):
             if len(batch) < READ_BATCH:
                 return state, snapshot_seq
 
-    # -- public API ------------------------------------------------------------------
+    async def _current(self, address: str) -> EntityState:
+        actor = self._actors.get(address)
+        if actor is not None and actor.cached is not None:
+            return actor.state
+        cached = self._cache.get(address)
+        return cached.state if cached is not None else (await self._rebuild(address))[0]
+
+    def _check_running(self) -> None:
+        main = self._main
+        if main is None or self._closed:
+            raise StoreClosed("the Runtime is not running; use it as `async with Runtime(...)`")
+        if main.done():
+            exc = None if main.cancelled() else main.exception()
+            raise WakefulError(f"the Runtime's dispatcher stopped: {exc!r}") from exc
+
+    # -- messages --------------------------------------------------------------
 
     async def send(
         self,
@@ -279,7 +267,8 @@ class Runtime(AsyncResource):
         """Send a message to the entity at `address`; return its inbox offset.
 
         With `key`, a retry of the same send (same address and key) is a no-op
-        that returns the first offset. Raises `InvalidAddress`,
+        that returns the first offset. `mode` ("classic" or "durable") picks the
+        execution mode of the run the message starts. Raises `InvalidAddress`,
         `UnknownEntityType`, `InvalidPayload` or `PayloadTooLarge`, writing
         nothing, when the input is bad.
         """
@@ -294,17 +283,18 @@ class Runtime(AsyncResource):
     async def idle(self) -> None:
         """Wait until every inbox is drained, no turn is running and no timer is due now.
 
-        Bound the wait with `asyncio.timeout(...)` if handlers may keep each other busy.
+        Runs waiting for an approval or a signal do not count as running. Bound
+        the wait with `asyncio.timeout(...)` if handlers may keep each other busy.
         """
         types = self.registry.types
         while True:
             self._check_running()
             self._activity.clear()
             if (
-                not self._active
+                not self._busy()
                 and not self._retrying
                 and not await self.store.pending(types)
-                and not self._active
+                and not self._busy()
             ):
                 return
             try:
@@ -313,20 +303,125 @@ class Runtime(AsyncResource):
             except TimeoutError:
                 pass
 
-    def _check_running(self) -> None:
-        main = self._main
-        if main is None or self._closed:
-            raise StoreClosed("the Runtime is not running; use it as `async with Runtime(...)`")
-        if main.done():
-            exc = None if main.cancelled() else main.exception()
-            raise WakefulError(f"the Runtime's dispatcher stopped: {exc!r}") from exc
+    def _busy(self) -> bool:
+        return any(actor.busy for actor in self._actors.values())
+
+    # -- approvals, signals, cancel --------------------------------------------
+
+    async def approve(
+        self, address: str, call_id: str, approved: bool = True, reason: str | None = None
+    ) -> Decision:
+        """Decide the approval `call_id` of the entity's active run and wake the run.
+
+        Returns the decision that counts: a second decision for the same call is a
+        no-op that returns the first. Raises `NotFound` for an unknown call id, and
+        for a classic run whose process stopped ("run no longer exists").
+        """
+        parse_address(address)
+        check_name(call_id, "call id")
+        state = await self._current(address)
+        approval = state.approvals.get(call_id)
+        if approval is None:
+            pending = [c for c, a in state.approvals.items() if a["status"] == "pending"]
+            raise NotFound(
+                f"{address} has no approval {call_id!r}; pending approvals: "
+                f"{', '.join(pending) if pending else 'none'}"
+            )
+        if approval["status"] != "pending":
+            if approval.get("reason") == "worker_lost":
+                raise NotFound(_gone(address, approval.get("run")))
+            return Decision(approval["status"] == "approved", approval.get("reason"))
+        run = approval.get("run")
+        info = state.runs.get(run or "", {})
+        actor = self._actors.get(address)
+        if info.get("mode") != "durable" and (
+            actor is None or actor.run is None or actor.run.run != run
+        ):
+            raise NotFound(_gone(address, run))
+        after = state.offset
+        await self.store.send(
+            Envelope(
+                address=address,
+                kind="approval",
+                name=call_id,
+                run=run,
+                payload={"approved": bool(approved), "reason": reason},
+            )
+        )
+        async with asyncio.timeout(self.config.wait_timeout):
+            async for event in self.store.tail(address, after=after):
+                if event.kind == "approval.decided" and event.data.call_id == call_id:
+                    if event.data.reason == "worker_lost":
+                        raise NotFound(_gone(address, run))
+                    return Decision(event.data.approved, event.data.reason)
+        raise AssertionError("unreachable: a tail never ends")  # pragma: no cover
+
+    async def signal(self, address: str, name: str, payload: Any = None) -> str:
+        """Deliver the signal `name` (a webhook-style callback) to the entity's active run;
+        returns its inbox offset. Raises `NotFound` when no run is active."""
+        parse_address(address)
+        check_name(name, "signal name")
+        value = normalize(payload, f"payload of signal {name!r}", self.config.max_payload)
+        state = await self._current(address)
+        actor = self._actors.get(address)
+        run = state.active_run or (actor.run.run if actor is not None and actor.run else None)
+        if run is None:
+            raise NotFound(f"{address} has no active run to receive signal {name!r}")
+        return await self.store.send(
+            Envelope(address=address, kind="signal", name=name, run=run, payload=value)
+        )
+
+    async def cancel(self, address: str, run: str) -> RunRecord:
+        """Cancel the run `run` of `address`: it ends with `run.cancelled`, its pending
+        approvals are denied (reason `cancelled`). Returns the run's final record; a
+        run that had already ended is returned as it is."""
+        parse_address(address)
+        record = await self.store.run(run)
+        if record is None or record.address != address:
+            raise NotFound(f"{address} has no run {run!r}")
+        if record.status in TERMINAL:
+            return record
+        after = (await self._current(address)).offset
+        await self.store.send(Envelope(address=address, kind="cancel", run=run))
+        async with asyncio.timeout(self.config.wait_timeout):
+            async for event in self.store.tail(address, after=after):
+                if event.run == run and event.kind in (
+                    "run.completed",
+                    "run.failed",
+                    "run.cancelled",
+                ):
+                    break
+        final = await self.store.run(run)
+        assert final is not None
+        return final
+
+    # -- runs ------------------------------------------------------------------
+
+    async def runs(
+        self, address: str | None = None, status: str | None = "active", limit: int = 100
+    ) -> list[RunRecord]:
+        """Runs across entities (or of one), newest first. `status` is "active" (running or
+        suspended), one status (running, suspended, completed, failed, cancelled), or None."""
+        if address is not None:
+            parse_address(address)
+        allowed = (None, "active", "running", "suspended", *TERMINAL)
+        if status not in allowed:
+            raise ValueError(f"status {status!r} is not one of {', '.join(map(str, allowed))}")
+        return await self.store.runs(address=address, status=status, limit=limit)
+
+    async def run(self, run: str) -> RunRecord:
+        """One run's record (status, mode, timings, reason); `NotFound` if unknown."""
+        record = await self.store.run(run)
+        if record is None:
+            raise NotFound(f"no run {run!r}")
+        return record
+
+    # -- reading ---------------------------------------------------------------
 
     async def state(self, address: str) -> dict[str, dict[str, Any]]:
         """The entity's collections, custom and built-in, as plain values (a copy)."""
         parse_address(address)
-        cached = self._cache.get(address)
-        state = cached.state if cached is not None else (await self._rebuild(address))[0]
-        return state.to_dict()
+        return (await self._current(address)).to_dict()
 
     async def read(
         self, address: str, after: str | None = None, limit: int | None = None
@@ -337,10 +432,17 @@ class Runtime(AsyncResource):
             raise ValueError(f"limit must be at least 1, got {limit}")
         return await self.store.read(address, after=after, limit=limit)
 
-    def tail(self, address: str, after: str | None = None) -> AsyncIterator[Event]:
-        """Follow the entity's events live, from after offset `after` (the first if None)."""
+    def tail(
+        self, address: str, after: str | None = None, *, run: str | None = None
+    ) -> AsyncIterator[Event]:
+        """Follow the entity's events live, from after offset `after` (the first if None).
+
+        With `run`, only that run's events, ending after its terminal event.
+        """
         parse_address(address)
-        return self.store.tail(address, after=after)
+        if run is None:
+            return self.store.tail(address, after=after)
+        return _run_tail(self.store.tail(address, after=after), run)
 
     def loaded(self) -> list[str]:
         """Addresses whose state is in memory now, least recently used first."""
@@ -350,3 +452,18 @@ class Runtime(AsyncResource):
         """Ids of the entities of `type` that have events, sorted, after id `after`."""
         self.registry.get(type)
         return await self.store.entities(type, after=after, limit=limit)
+
+
+async def _run_tail(events: AsyncIterator[Event], run: str) -> AsyncIterator[Event]:
+    async for event in events:
+        if event.run == run:
+            yield event
+            if event.kind in ("run.completed", "run.failed", "run.cancelled"):
+                return
+
+
+def _gone(address: str, run: str | None) -> str:
+    return (
+        f"run {run} of {address} no longer exists: it was a classic run and the process "
+        "running it stopped; it was closed as worker_lost and its approvals denied"
+    )

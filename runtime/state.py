@@ -76,6 +76,7 @@ class EntityState:
         "created",
         "errors",
         "inbox",
+        "journal",
         "offset",
         "parent",
         "runs",
@@ -103,6 +104,8 @@ class EntityState:
         self.inbox: dict[str, dict[str, Any]] = {}
         self.children: dict[str, dict[str, Any]] = {}
         self.timers: dict[str, dict[str, Any]] = {}
+        self.journal: dict[str, dict[str, Any]] = {}
+        """Per unfinished run: its wake, mode, recorded steps and signals (for replay)."""
 
     def builtin(self, name: str) -> dict[str, Any]:
         value: dict[str, Any] = getattr(self, name)
@@ -139,8 +142,10 @@ def _entity_created(s: EntityState, e: Event) -> None:
 def _message_received(s: EntityState, e: Event) -> None:
     d = e.data
     s.inbox[d.inbox] = {
+        "kind": "message",
         "payload": d.payload,
         "source": d.source,
+        "name": None,
         "mode": d.mode,
         "key": d.key,
         "reply_to": d.reply_to,
@@ -150,8 +155,7 @@ def _message_received(s: EntityState, e: Event) -> None:
 
 def _run_started(s: EntityState, e: Event) -> None:
     d = e.data
-    if d.inbox is not None:
-        s.inbox.pop(d.inbox, None)
+    entry = s.inbox.pop(d.inbox, None) if d.inbox is not None else None
     if e.run is None:
         return
     s.active_run = e.run
@@ -164,6 +168,22 @@ def _run_started(s: EntityState, e: Event) -> None:
         "started_at": e.at,
         "started_seq": e.seq,
         "ended_at": None,
+    }
+    wake = None
+    if entry is not None:
+        wake = {
+            "kind": entry["kind"],
+            "payload": entry["payload"],
+            "source": entry["source"],
+            "name": entry["name"],
+            "offset": d.inbox,
+        }
+    s.journal[e.run] = {
+        "mode": d.mode,
+        "reply_to": d.reply_to,
+        "wake": wake,
+        "steps": {},
+        "signals": [],
     }
 
 
@@ -180,6 +200,8 @@ def _run_status(status: str) -> Callable[[EntityState, Event], None]:
         d = e.data
         if terminal:
             run["ended_at"] = e.at
+            run.pop("waiting_for", None)
+            s.journal.pop(e.run, None)
             if s.active_run == e.run:
                 s.active_run = None
             if len(s.runs) > RUN_HISTORY:
@@ -193,6 +215,8 @@ def _run_status(status: str) -> Callable[[EntityState, Event], None]:
             run["reason"] = d.reason
         elif status == "suspended":
             run["waiting_for"] = d.waiting_for
+        else:
+            run.pop("waiting_for", None)
 
     return apply
 
@@ -235,6 +259,13 @@ def _step_completed(s: EntityState, e: Event) -> None:
         "status": "completed",
         "result": d.result,
     }
+    journal = s.journal.get(e.run or "")
+    if journal is not None:
+        journal["steps"][str(d.position)] = {
+            "name": d.name,
+            "status": "completed",
+            "result": d.result,
+        }
 
 
 def _step_failed(s: EntityState, e: Event) -> None:
@@ -246,6 +277,16 @@ def _step_failed(s: EntityState, e: Event) -> None:
         "error": d.error,
         "attempt": d.attempt,
     }
+    journal = s.journal.get(e.run or "")
+    if journal is not None and d.final:
+        journal["steps"][str(d.position)] = {"name": d.name, "status": "failed", "error": d.error}
+
+
+def _signal_received(s: EntityState, e: Event) -> None:
+    d = e.data
+    journal = s.journal.get(e.run or "")
+    if journal is not None:
+        journal["signals"].append({"name": d.name, "payload": d.payload, "timed_out": d.timed_out})
 
 
 def _text_delta(s: EntityState, e: Event) -> None:
@@ -298,8 +339,24 @@ def _timer_set(s: EntityState, e: Event) -> None:
     s.timers[d.name] = {"due": d.due, "payload": d.payload, "generation": e.seq}
 
 
-def _timer_gone(s: EntityState, e: Event) -> None:
+def _timer_cancelled(s: EntityState, e: Event) -> None:
     s.timers.pop(e.data.name, None)
+
+
+def _timer_fired(s: EntityState, e: Event) -> None:
+    d = e.data
+    s.timers.pop(d.name, None)
+    if d.inbox is not None:
+        s.inbox[d.inbox] = {
+            "kind": "timer",
+            "payload": d.payload,
+            "source": None,
+            "name": d.name,
+            "mode": None,
+            "key": None,
+            "reply_to": None,
+            "at": e.at,
+        }
 
 
 def _child_spawned(s: EntityState, e: Event) -> None:
@@ -312,6 +369,23 @@ def _child_finished(s: EntityState, e: Event) -> None:
     child["status"] = d.status
     child["result"] = d.result
     child["error"] = d.error
+    if d.inbox is not None:
+        s.inbox[d.inbox] = {
+            "kind": "child",
+            "payload": {
+                "address": d.address,
+                "status": d.status,
+                "result": d.result,
+                "error": d.error,
+                "run": d.run,
+            },
+            "source": d.address,
+            "name": None,
+            "mode": None,
+            "key": None,
+            "reply_to": None,
+            "at": e.at,
+        }
 
 
 def _state_set(s: EntityState, e: Event) -> None:
@@ -356,10 +430,10 @@ _FOLD: dict[str, Callable[[EntityState, Event], None]] = {
     "tool.result": _tool_result,
     "approval.requested": _approval_requested,
     "approval.decided": _approval_decided,
-    "signal.received": _ignore,
+    "signal.received": _signal_received,
     "timer.set": _timer_set,
-    "timer.cancelled": _timer_gone,
-    "timer.fired": _timer_gone,
+    "timer.cancelled": _timer_cancelled,
+    "timer.fired": _timer_fired,
     "child.spawned": _child_spawned,
     "child.finished": _child_finished,
     "state.set": _state_set,
@@ -404,9 +478,10 @@ class _SnapshotBody(msgspec.Struct, array_like=True):
     active_run: str | None
     collections: dict[str, dict[str, Any]]
     builtins: dict[str, dict[str, Any]]
+    journal: dict[str, dict[str, Any]]
 
 
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2
 _snapshot_encoder = msgspec.msgpack.Encoder()
 _snapshot_decoder = msgspec.msgpack.Decoder(_SnapshotBody)
 
@@ -423,6 +498,7 @@ def encode_snapshot(state: EntityState) -> bytes:
             state.active_run,
             state.collections,
             {name: state.builtin(name) for name in BUILTIN_COLLECTIONS},
+            state.journal,
         )
     )
 
@@ -442,6 +518,7 @@ def decode_snapshot(address: str, raw: bytes) -> EntityState | None:
     s.parent = body.parent
     s.active_run = body.active_run
     s.collections = body.collections
+    s.journal = body.journal
     for name in BUILTIN_COLLECTIONS:
         setattr(s, name, body.builtins.get(name, {}))
     return s

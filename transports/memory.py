@@ -13,7 +13,15 @@ from wakeful.runtime.address import parse_address
 from wakeful.runtime.errors import ConcurrencyError, InvalidPayload
 from wakeful.runtime.events import Event, encode_data
 from wakeful.runtime.lifecycle import AsyncResource
-from wakeful.runtime.ports import Commit, Envelope, InboxItem, Snapshot, TimerArm
+from wakeful.runtime.ports import (
+    ACTIVE,
+    Commit,
+    Envelope,
+    InboxItem,
+    RunRecord,
+    Snapshot,
+    TimerArm,
+)
 
 from ._local import Background, Signals, closed_error, format_offset, parse_offset, run_timers
 from ._local import tail_events as _tail_events
@@ -39,6 +47,7 @@ class MemoryStore(AsyncResource):
         self._keys: dict[tuple[str, str], str] = {}
         self._timers: dict[tuple[str, str], TimerArm] = {}
         self._snapshots: dict[str, Snapshot] = {}
+        self._runs: dict[str, RunRecord] = {}
         self._counter = 0
         self._signals: Signals | None = None
         self._background = Background("wakeful-memory-store")
@@ -67,7 +76,7 @@ class MemoryStore(AsyncResource):
         self._counter += 1
         return format_offset(self._counter)
 
-    # -- writes ------------------------------------------------------------------
+    # -- writes ----------------------------------------------------------------
 
     async def commit(self, commit: Commit) -> list[Event]:
         signals = self._sig()
@@ -102,6 +111,8 @@ class MemoryStore(AsyncResource):
             self._timers.pop((address, name), None)
         for arm in commit.timers:
             self._timers[(address, arm.name)] = arm
+        for record in commit.runs:
+            self._runs[record.run] = record
         if commit.timers or commit.cancel_timers:
             signals.timers_changed()
         if new:
@@ -131,7 +142,7 @@ class MemoryStore(AsyncResource):
         if old is None or old.seq < snapshot.seq:
             self._snapshots[address] = snapshot
 
-    # -- reads -------------------------------------------------------------------
+    # -- reads -----------------------------------------------------------------
 
     async def inbox(self, address: str, limit: int | None = None) -> list[InboxItem]:
         self._sig()
@@ -187,7 +198,24 @@ class MemoryStore(AsyncResource):
             for (address, _), arm in self._timers.items()
         )
 
-    # -- timers ----------------------------------------------------------------------
+    async def run(self, run: str) -> RunRecord | None:
+        self._sig()
+        return self._runs.get(run)
+
+    async def runs(
+        self, address: str | None = None, status: str | None = None, limit: int = 100
+    ) -> list[RunRecord]:
+        self._sig()
+        wanted = ACTIVE if status == "active" else (status,)
+        found = [
+            r
+            for r in self._runs.values()
+            if (address is None or r.address == address) and (status is None or r.status in wanted)
+        ]
+        found.sort(key=lambda r: r.run, reverse=True)
+        return found[:limit]
+
+    # -- timers ----------------------------------------------------------------
 
     async def _timer_loop(self) -> None:
         await run_timers(self._next_due, self._fire_due, self._sig(), None)

@@ -29,14 +29,14 @@ from wakeful.runtime.address import parse_address
 from wakeful.runtime.errors import ConcurrencyError, InvalidPayload, StoreClosed
 from wakeful.runtime.events import Event, decode_data, encode_data
 from wakeful.runtime.lifecycle import AsyncResource
-from wakeful.runtime.ports import Commit, Envelope, InboxItem, Snapshot
+from wakeful.runtime.ports import ACTIVE, Commit, Envelope, InboxItem, RunRecord, Snapshot
 
 from ._local import Background, Signals, closed_error, format_offset, parse_offset, run_timers
 from ._local import tail_events as _tail_events
 
 __all__ = ["SQLiteStore"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
@@ -83,6 +83,14 @@ CREATE TABLE IF NOT EXISTS timers (
     PRIMARY KEY (address, name)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS timers_by_due ON timers(due);
+CREATE TABLE IF NOT EXISTS runs (
+    run TEXT PRIMARY KEY,
+    address TEXT NOT NULL,
+    status TEXT NOT NULL,
+    record BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS runs_by_status ON runs(status, run);
+CREATE INDEX IF NOT EXISTS runs_by_address ON runs(address, run);
 CREATE TABLE IF NOT EXISTS snapshots (
     address TEXT PRIMARY KEY,
     seq INTEGER NOT NULL,
@@ -94,6 +102,8 @@ CREATE TABLE IF NOT EXISTS snapshots (
 SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 MAX_GROUP = 512
 
+_run_encoder = msgspec.msgpack.Encoder()
+_run_decoder = msgspec.msgpack.Decoder(RunRecord)
 _env_encoder = msgspec.msgpack.Encoder()
 _env_decoder = msgspec.msgpack.Decoder(Envelope)
 _any_encoder = msgspec.msgpack.Encoder()
@@ -170,6 +180,12 @@ class _CommitOp:
             conn.executemany(
                 "DELETE FROM timers WHERE address = ? AND name = ?",
                 [(address, name) for name in c.cancel_timers],
+            )
+        if c.runs:
+            conn.executemany(
+                "INSERT INTO runs(run, address, status, record) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(run) DO UPDATE SET status = excluded.status, record = excluded.record",
+                [(r.run, r.address, r.status, _run_encoder.encode(r)) for r in c.runs],
             )
         if c.timers:
             conn.executemany(
@@ -347,7 +363,7 @@ class SQLiteStore(AsyncResource):
         self._queued = asyncio.Event()
         self._background = Background("wakeful-sqlite-store")
 
-    # -- lifecycle -------------------------------------------------------------------
+    # -- lifecycle -------------------------------------------------------------
 
     async def open(self) -> None:
         if self._signals is not None:
@@ -410,7 +426,7 @@ class SQLiteStore(AsyncResource):
             raise closed_error("SQLiteStore")
         return self._reader
 
-    # -- the writer --------------------------------------------------------------------
+    # -- the writer ------------------------------------------------------------
 
     async def _write(self, op: _Op) -> Any:
         self._sig()
@@ -471,7 +487,7 @@ class SQLiteStore(AsyncResource):
             for address in op.result:
                 signals.wake(address)
 
-    # -- writes --------------------------------------------------------------------------
+    # -- writes ----------------------------------------------------------------
 
     async def commit(self, commit: Commit) -> list[Event]:
         type_name, id = parse_address(commit.address)
@@ -491,7 +507,7 @@ class SQLiteStore(AsyncResource):
         parse_address(address)
         await self._write(_SnapshotOp(address, snapshot))
 
-    # -- reads ----------------------------------------------------------------------------
+    # -- reads -----------------------------------------------------------------
 
     async def read(
         self, address: str, after: str | None = None, limit: int | None = None
@@ -544,7 +560,30 @@ class SQLiteStore(AsyncResource):
             row = await cur.fetchone()
         return bool(row and row[0])
 
-    # -- timers ------------------------------------------------------------------------------
+    async def run(self, run: str) -> RunRecord | None:
+        async with self._read_db().execute("SELECT record FROM runs WHERE run = ?", (run,)) as cur:
+            row = await cur.fetchone()
+        return None if row is None else _run_decoder.decode(row[0])
+
+    async def runs(
+        self, address: str | None = None, status: str | None = None, limit: int = 100
+    ) -> list[RunRecord]:
+        where, args = [], []
+        if address is not None:
+            where.append("address = ?")
+            args.append(address)
+        if status is not None:
+            statuses = ACTIVE if status == "active" else (status,)
+            where.append(f"status IN ({', '.join('?' * len(statuses))})")
+            args.extend(statuses)
+        sql = "SELECT record FROM runs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY run DESC LIMIT ?"
+        async with self._read_db().execute(sql, (*args, limit)) as cur:
+            return [_run_decoder.decode(row[0]) for row in await cur.fetchall()]
+
+    # -- timers ----------------------------------------------------------------
 
     async def _timer_loop(self) -> None:
         await run_timers(self._next_due, self._fire_due, self._sig(), self.poll)
