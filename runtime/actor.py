@@ -112,7 +112,7 @@ class Actor:
             rt._actor_done(self)
 
     async def _drain(self) -> None:
-        items = await self.rt.store.inbox(self.address, limit=INBOX_BATCH)
+        items = await self.rt.store.inbox(self.address, after=self.high or None, limit=INBOX_BATCH)
         if len(items) == INBOX_BATCH:
             self.dirty = True
         for item in items:

@@ -142,8 +142,10 @@ class EventStore(Protocol):
         """
         ...
 
-    async def inbox(self, address: str, limit: int | None = None) -> list[InboxItem]:
-        """The entity's unconsumed inbox messages, oldest first."""
+    async def inbox(
+        self, address: str, after: str | None = None, limit: int | None = None
+    ) -> list[InboxItem]:
+        """The entity's unconsumed inbox messages after offset `after`, oldest first."""
         ...
 
     async def read(

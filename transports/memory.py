@@ -144,9 +144,12 @@ class MemoryStore(AsyncResource):
 
     # -- reads -----------------------------------------------------------------
 
-    async def inbox(self, address: str, limit: int | None = None) -> list[InboxItem]:
+    async def inbox(
+        self, address: str, after: str | None = None, limit: int | None = None
+    ) -> list[InboxItem]:
         self._sig()
-        items = list(self._inbox.get(address, {}).values())
+        start = parse_offset(after, "after")
+        items = [i for i in self._inbox.get(address, {}).values() if int(i.offset) > start]
         return items if limit is None else items[:limit]
 
     async def read(

@@ -324,10 +324,10 @@ def _read_events(conn: sqlite3.Connection, address: str, after: int, limit: int)
     ]
 
 
-def _read_inbox(conn: sqlite3.Connection, address: str, limit: int) -> list[InboxItem]:
+def _read_inbox(conn: sqlite3.Connection, address: str, after: int, limit: int) -> list[InboxItem]:
     rows = conn.execute(
-        "SELECT id, at, envelope FROM inbox WHERE address = ? ORDER BY id LIMIT ?",
-        (address, limit),
+        "SELECT id, at, envelope FROM inbox WHERE address = ? AND id > ? ORDER BY id LIMIT ?",
+        (address, after, limit),
     ).fetchall()
     return [InboxItem(format_offset(i), at, _env_decoder.decode(env)) for i, at, env in rows]
 
@@ -521,9 +521,12 @@ class SQLiteStore(AsyncResource):
         parse_offset(after, "after")
         return _tail_events(self.read, self._sig(), address, after, self.poll)
 
-    async def inbox(self, address: str, limit: int | None = None) -> list[InboxItem]:
+    async def inbox(
+        self, address: str, after: str | None = None, limit: int | None = None
+    ) -> list[InboxItem]:
+        start = parse_offset(after, "after")
         return await _in_thread(
-            self._read_db(), _read_inbox, address, -1 if limit is None else limit
+            self._read_db(), _read_inbox, address, start, -1 if limit is None else limit
         )
 
     async def load_snapshot(self, address: str) -> Snapshot | None:

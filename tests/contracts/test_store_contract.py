@@ -163,6 +163,8 @@ async def test_inbox_keeps_order_and_commit_consumes(store: EventStore) -> None:
     assert [i.offset for i in items] == offsets
     assert [i.envelope.payload for i in items] == [0, 1, 2, 3]
     assert [i.envelope.payload for i in await store.inbox(A, limit=2)] == [0, 1]
+    assert [i.envelope.payload for i in await store.inbox(A, after=offsets[1])] == [2, 3]
+    assert [i.envelope.payload for i in await store.inbox(A, after=offsets[0], limit=1)] == [1]
     await store.commit(commit(A, 0, 1, consumed=offsets[:2]))
     assert [i.envelope.payload for i in await store.inbox(A)] == [2, 3]
 
