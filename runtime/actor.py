@@ -226,7 +226,7 @@ class Actor:
         entity_type = self.rt.registry.get(self.type)
         mode = mode or entity_type.mode
         run = new_run_id()
-        self.writer.emit(
+        self.writer.hold(
             ev.RunStarted(
                 mode=mode, trigger=trigger, inbox=offset, source=source, reply_to=reply_to
             ),
@@ -235,8 +235,9 @@ class Actor:
         wake = Wake(
             kind=trigger, payload=payload, source=source, offsets=(offset, offset), name=name
         )
-        self.run = RunDriver(self, run, mode, wake, entity_type.handler, reply_to)
+        self.run = RunDriver(self, run, mode, wake, entity_type.handler, reply_to, fresh=True)
         self.run.start()
+        self.writer.schedule()  # after the handler's first step: see Writer.schedule
 
     def _resume(self, run: str) -> None:
         """Run a durable run's handler again from the top, against its journal."""

@@ -138,6 +138,8 @@ class RunDriver:
         wake: Wake,
         handler: Handler,
         reply_to: str | None,
+        *,
+        fresh: bool = False,
     ) -> None:
         assert actor.writer is not None
         self.actor = actor
@@ -157,7 +159,8 @@ class RunDriver:
         self.signals: dict[str, deque[Any]] = {}
         self.signal_cursor: dict[str, int] = {}
         state = actor.state
-        approvals, calls, text = open_items(state, run)
+        # A fresh run has nothing open yet; a resumed one finds what it opened in the log.
+        approvals, calls, text = ([], {}, None) if fresh else open_items(state, run)
         self.pending_approvals: set[str] = set(approvals)
         self.open_calls: dict[str, str] = calls
         self.text: str | None = text

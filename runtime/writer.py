@@ -74,17 +74,27 @@ class Writer:
         if flush:
             self._schedule()
 
-    def _schedule(self) -> None:
+    def schedule(self) -> None:
+        """Flush what is buffered soon: after the callbacks already queued have run, so a
+        handler that started just before and finishes without waiting commits its whole
+        turn, buffered events included, in one commit and no flush task is needed."""
         if not self._flushing:
             self._flushing = True
+            asyncio.get_running_loop().call_soon(self._kick)
+
+    _schedule = schedule
+
+    def _kick(self) -> None:
+        if self._events or self._consumed or self._outbox:
             self._spawn(self._flush_soon())
+        else:
+            self._flushing = False
 
     async def _flush_soon(self) -> None:
         delay = self._last_flush + self._interval - time.monotonic()
         try:
-            # Yield at least once: a handler that finishes without waiting then
-            # commits its whole turn, buffered events included, in one commit.
-            await asyncio.sleep(max(0.0, delay))
+            if delay > 0:
+                await asyncio.sleep(delay)
         finally:
             self._flushing = False
         if self.failed is None and (self._events or self._consumed or self._outbox):
