@@ -18,7 +18,6 @@ from wakeful.runtime import (
     NotFound,
     Registry,
     Runtime,
-    RuntimeConfig,
     TerminalError,
     Wake,
 )
