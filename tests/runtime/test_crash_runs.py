@@ -1,0 +1,100 @@
+"""Durable runs survive SIGKILL at random moments; classic runs in flight are closed as
+worker_lost; every step is recorded once and no recorded step runs again."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from wakeful.transports.sqlite import SQLiteStore
+
+from .invariants import check_all_ended
+
+WORKER = Path(__file__).with_name("crash_runs_worker.py")
+DURABLE, CLASSIC, KILLS = 480, 120, 20
+
+
+def start(db: Path, side: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, str(WORKER), str(db), str(side), str(DURABLE), str(CLASSIC)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def kill_after_ready(db: Path, side: Path, delay: float) -> str:
+    proc = start(db, side)
+    assert proc.stdout is not None
+    line = proc.stdout.readline().strip()
+    if line == "ready":
+        import time
+
+        time.sleep(delay)
+    os.kill(proc.pid, signal.SIGKILL)
+    rest, err = proc.communicate(timeout=30)
+    return line + rest + err
+
+
+async def test_sigkill_twenty_times_then_everything_completes_once(tmp_path: Path) -> None:
+    db, side = tmp_path / "runs.db", tmp_path / "side.db"
+    rng = random.Random(7)
+    for _ in range(KILLS):
+        await asyncio.to_thread(kill_after_ready, db, side, rng.uniform(0.02, 0.15))
+    final = start(db, side)
+    out, err = await asyncio.to_thread(final.communicate, timeout=120)
+    assert final.returncode == 0, err
+    assert out.split() == ["ready", "done"]
+
+    async with SQLiteStore(db) as store:
+        streams = {
+            f"/{t}/{i}": await store.read(f"/{t}/{i}")
+            for t in ("job", "chat")
+            for i in await store.entities(t)
+        }
+        assert await store.runs(status="active") == []
+    completed_at: dict[str, float] = {}
+    resumed = sum(
+        e.kind == "run.resumed" and e.data.trigger == "resume"
+        for address, events in streams.items()
+        for e in events
+    )
+    durable_done = 0
+    worker_lost = 0
+    classic_done = 0
+    for address, events in streams.items():
+        check_all_ended(events)
+        assert not [e for e in events if e.kind == "run.failed" and address.startswith("/job/")]
+        if address.startswith("/job/"):
+            durable_done += sum(e.kind == "run.completed" for e in events)
+            steps = [(e.run, e.data.position) for e in events if e.kind == "step.completed"]
+            assert len(steps) == len(set(steps)), f"{address}: a step recorded twice"
+            per_run = defaultdict(int)
+            for run, _ in steps:
+                per_run[run] += 1
+            assert set(per_run.values()) == {4}
+            for e in events:
+                if e.kind == "step.completed":
+                    completed_at[f"{e.run}:{e.data.position}"] = e.at
+        else:
+            classic_done += sum(e.kind == "run.completed" for e in events)
+            lost = [e for e in events if e.kind == "run.failed"]
+            assert all(e.data.reason == "worker_lost" for e in lost)
+            worker_lost += len(lost)
+    assert durable_done == DURABLE
+    assert classic_done + worker_lost == CLASSIC
+    assert worker_lost >= 1, "no classic run was in flight at any of the kills"
+    assert resumed >= 1, "no durable run was in flight at any of the kills"
+    print(f"kills={KILLS} resumed={resumed} worker_lost={worker_lost}")
+
+    executions = sqlite3.connect(side).execute("SELECT key, at FROM effects").fetchall()
+    assert {key for key, _ in executions} == set(completed_at)
+    for key, at in executions:
+        assert at <= completed_at[key], f"step {key} ran again after its step.completed landed"
