@@ -72,24 +72,32 @@ class Actor:
     # -- the loop --------------------------------------------------------------
 
     async def main(self) -> None:
+        """Load, recover, then route inbox messages until there is nothing left to do.
+
+        The actor is created holding one of the runtime's slots (at most
+        `max_concurrency` actors load or route at once); it gives the slot back
+        while it waits and takes one again to route new messages.
+        """
         rt = self.rt
+        holding = True
         try:
-            async with rt._sem:
-                self.cached = await rt._load(self.address)
-                self.writer = Writer(
-                    rt.store,
-                    self.state,
-                    rt._spawn,
-                    rt.config.flush_interval,
-                    self._committed,
-                    self._failed,
-                )
-                await self._recover()
+            self.cached = await rt._load(self.address)
+            self.writer = Writer(
+                rt.store,
+                self.state,
+                rt._spawn,
+                rt.config.flush_interval,
+                self._committed,
+                self._failed,
+            )
+            await self._recover()
             while self.broken is None:
                 if self.dirty:
+                    if not holding:
+                        await rt._slots.take()
+                        holding = True
                     self.dirty = False
-                    async with rt._sem:
-                        await self._drain()
+                    await self._drain()
                     continue
                 state = self.state
                 if self.run is None and state.active_run is None and state.inbox:
@@ -97,6 +105,9 @@ class Actor:
                     continue
                 if self.run is None and not self.writer.has_pending:
                     return
+                if holding:
+                    rt._give_slot()
+                    holding = False
                 self.wakeup.clear()
                 self.waiting = True
                 try:
@@ -109,6 +120,8 @@ class Actor:
             log.warning("%s: activation failed: %r", self.address, exc)
             self.broken = exc
         finally:
+            if holding:
+                rt._give_slot()
             rt._actor_done(self)
 
     async def _drain(self) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
@@ -44,6 +44,42 @@ class _Cached:
         self.used = time.monotonic()
 
 
+class Slots:
+    """At most `n` holders at once; `take` waits in order, `give` hands over or frees."""
+
+    def __init__(self, n: int) -> None:
+        self.free = n
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    def try_take(self) -> bool:
+        if self.free > 0 and not self._waiters:
+            self.free -= 1
+            return True
+        return False
+
+    async def take(self) -> None:
+        if self.try_take():
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.give()  # handed over just as we were cancelled: pass it on
+            raise
+
+    def give(self) -> bool:
+        """Release one slot; True if it is free now (no waiter took it over)."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return False
+        self.free += 1
+        return True
+
+
 class Runtime(AsyncResource):
     """Runs the handlers of `registry` against the entities in `store`.
 
@@ -65,7 +101,9 @@ class Runtime(AsyncResource):
         self._actors: dict[str, Actor] = {}
         self._retrying: set[str] = set()
         self._activity = asyncio.Event()
-        self._sem = asyncio.Semaphore(self.config.max_concurrency)
+        self._slots = Slots(self.config.max_concurrency)
+        self._backlog: dict[str, None] = {}
+        """Addresses to activate when a slot frees up, in order (an ordered set)."""
         self._tg: asyncio.TaskGroup | None = None
         self._main: asyncio.Task[None] | None = None
         self._closed = False
@@ -160,9 +198,26 @@ class Runtime(AsyncResource):
             return
         if self._tg is None or address in self._retrying:
             return
+        if not self._slots.try_take():
+            self._backlog[address] = None
+            return
+        self._backlog.pop(address, None)
         actor = self._actors[address] = Actor(self, address)
         self._activity.set()
         self._spawn(actor.main(), name=f"wakeful-actor-{address}")
+
+    def _give_slot(self) -> None:
+        if self._slots.give():
+            while self._backlog and self._tg is not None:
+                address = next(iter(self._backlog))
+                if address in self._actors:
+                    del self._backlog[address]
+                    self._actors[address].poke()
+                    continue
+                before = len(self._backlog)
+                self._poke(address)
+                if len(self._backlog) == before:
+                    break  # no slot free: it stays in the backlog
 
     def _actor_done(self, actor: Actor) -> None:
         if self._actors.get(actor.address) is actor:
@@ -304,7 +359,7 @@ class Runtime(AsyncResource):
                 pass
 
     def _busy(self) -> bool:
-        return any(actor.busy for actor in self._actors.values())
+        return bool(self._backlog) or any(actor.busy for actor in self._actors.values())
 
     # -- approvals, signals, cancel --------------------------------------------
 
