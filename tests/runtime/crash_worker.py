@@ -3,9 +3,10 @@ processes them, and SIGKILLs itself once at a chosen point.
 
     python crash_worker.py DB LOG POINT N K
 
-POINT is `handler` (inside the handler, before its turn commits) or `after-commit`
-(right after the commit of message K landed) or `none`. The handler appends the
-message number to LOG on each invocation, so the test can count executions.
+POINT is `handler` (inside the handler, before its run's end commits) or
+`after-commit` (right after the commit that ends message K's run landed) or
+`none`. The handler appends the message number to LOG on each invocation, so
+the test can count executions.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ async def counter(ctx: Context, wake: Wake) -> object:
     totals = ctx.state["totals"]
     totals["n"] = totals.get("n", 0) + i
     totals["count"] = totals.get("count", 0) + 1
+    totals["last"] = i
     if point == "handler" and i == k:
         die_once()
     return totals["n"]
@@ -48,8 +50,9 @@ async def counter(ctx: Context, wake: Wake) -> object:
 class KillingStore(SQLiteStore):
     async def commit(self, commit: Commit) -> list[Event]:
         events = await super().commit(commit)
+        # the commit that ends message k's run (its state change rides with run.completed)
         if point == "after-commit" and any(
-            e.kind == "message.received" and e.data.payload["i"] == k for e in events
+            e.kind == "state.set" and e.data.key == "last" and e.data.value == k for e in events
         ):
             die_once()
         return events
