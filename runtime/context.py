@@ -202,8 +202,10 @@ class Context:
 
     @property
     def step_key(self) -> str:
-        """A stable idempotency key for the step running now (`<run>:<position>`): the same
-        on every attempt and after a restart. Use it for external effects."""
+        """A stable idempotency key for the step running now:
+        `<address>@<inbox offset of the run's message>:<position>`. The same on every
+        attempt and after every restart, also when the process died before the run
+        was first recorded. Use it for external effects."""
         key = step_key_var.get()
         if key is None:
             raise RuntimeError("ctx.step_key is only available inside a step")

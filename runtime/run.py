@@ -175,6 +175,14 @@ class RunDriver:
         )
 
     @property
+    def key_prefix(self) -> str:
+        """`<address>@<inbox offset of the message that started the run>`: the same for
+        every execution of the run's work, even one that died before its run was
+        recorded and ran again under a new run id."""
+        offset = self.wake.offsets[0] if self.wake.offsets else self.run
+        return f"{self.ctx.address}@{offset}"
+
+    @property
     def limit(self) -> int:
         return self.actor.rt.config.max_payload
 
@@ -315,7 +323,7 @@ class RunDriver:
         attempt = 0
         while True:
             attempt += 1
-            token = step_key_var.set(f"{self.run}:{position}")
+            token = step_key_var.set(f"{self.key_prefix}:{position}")
             try:
                 value = fn(*args, **kwargs)
                 if inspect.isawaitable(value):

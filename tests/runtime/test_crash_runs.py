@@ -80,9 +80,11 @@ async def test_sigkill_twenty_times_then_everything_completes_once(tmp_path: Pat
             for run, _ in steps:
                 per_run[run] += 1
             assert set(per_run.values()) == {4}
+            message = {e.run: e.data.inbox for e in events if e.kind == "run.started"}
             for e in events:
                 if e.kind == "step.completed":
-                    completed_at[f"{e.run}:{e.data.position}"] = e.at
+                    key = f"{address}@{message[e.run]}:{e.data.position}"
+                    completed_at[key] = e.at
         else:
             classic_done += sum(e.kind == "run.completed" for e in events)
             lost = [e for e in events if e.kind == "run.failed"]

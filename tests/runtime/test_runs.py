@@ -182,7 +182,7 @@ async def test_durable_step_retries_then_raises_step_error(store_factory: StoreF
         events = await rt.read("/flaky/f")
     check_all_ended(events)
     assert len(attempts) == 3 and len(set(attempts)) == 1  # one stable key per step
-    assert attempts[0].endswith(":0")
+    assert attempts[0].startswith("/flaky/f@") and attempts[0].endswith(":0")
     failed = [
         (e.data.name, e.data.attempt, e.data.final) for e in events if e.kind == "step.failed"
     ]
