@@ -290,6 +290,14 @@ class RunDriver:
             log.warning("%s: run %s could not commit: %s", self.ctx.address, self.run, exc)
             raise Abort() from exc
 
+    def _timeout(self, what: str, timeout: float, **payload: str) -> ev.TimerSet:
+        """The durable timer that ends a durable wait (the actor routes its firing)."""
+        return ev.TimerSet(
+            name=f"{INTERNAL_TIMER}{what}",
+            due=time.time() + timeout,
+            payload={"run": self.run, **payload},
+        )
+
     def _emit(self, data: ev.EventData) -> None:
         self.writer.emit(data, self.run)
 
@@ -403,13 +411,7 @@ class RunDriver:
         if self.durable:
             events: list[ev.EventData] = [requested]
             if timeout is not None:
-                events.append(
-                    ev.TimerSet(
-                        name=f"{INTERNAL_TIMER}approval:{call_id}",
-                        due=time.time() + timeout,
-                        payload={"run": self.run, "call_id": call_id},
-                    )
-                )
+                events.append(self._timeout(f"approval:{call_id}", timeout, call_id=call_id))
             events.append(suspended)
             await self._commit_now(events)
             raise Suspend()
@@ -460,13 +462,7 @@ class RunDriver:
                 return entry["payload"]
             events: list[ev.EventData] = []
             if timeout is not None:
-                events.append(
-                    ev.TimerSet(
-                        name=f"{INTERNAL_TIMER}signal:{name}",
-                        due=time.time() + timeout,
-                        payload={"run": self.run, "signal": name},
-                    )
-                )
+                events.append(self._timeout(f"signal:{name}", timeout, signal=name))
             events.append(ev.RunSuspended(waiting_for=f"signal:{name}"))
             await self._commit_now(events)
             raise Suspend()

@@ -441,8 +441,9 @@ async def test_signal_wait_times_out(store_factory: StoreFactory, mode: str) -> 
 # -- cancel ---------------------------------------------------------------------------------
 
 
-async def test_cancel_a_running_classic_run_and_a_suspended_durable_one(
-    store_factory: StoreFactory,
+@pytest.mark.parametrize("mode", ["classic", "durable"])
+async def test_cancel_a_running_run_and_a_suspended_durable_one(
+    store_factory: StoreFactory, mode: str
 ) -> None:
     registry = Registry()
     started = asyncio.Event()
@@ -469,7 +470,7 @@ async def test_cancel_a_running_classic_run_and_a_suspended_durable_one(
         return None
 
     async with Runtime(registry, store_factory()) as rt:
-        await rt.send("/long/l", "sleep")
+        await rt.send("/long/l", "sleep", mode=mode)  # a step in flight is abandoned
         async with asyncio.timeout(5):
             await started.wait()
 
