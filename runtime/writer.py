@@ -24,7 +24,11 @@ Spawn = Callable[[Coroutine[Any, Any, None]], object]
 
 
 class Writer:
-    """Serialises the commits of one entity and buffers its background events."""
+    """Serialises the commits of one entity and buffers its background events.
+
+    `on_commit` is called after each commit, and with `[]` when a scheduled flush
+    found nothing to do; `on_failure` when a background flush failed.
+    """
 
     def __init__(
         self,
@@ -89,6 +93,7 @@ class Writer:
             self._spawn(self._flush_soon())
         else:
             self._flushing = False
+            self._on_commit([])  # nothing to flush: tell the actor the writer is idle
 
     async def _flush_soon(self) -> None:
         delay = self._last_flush + self._interval - time.monotonic()
@@ -104,7 +109,8 @@ class Writer:
                 raise
             except Exception as exc:
                 self._on_failure(exc)  # also kept in self.failed for the next commit
-
+        else:
+            self._on_commit([])
     # -- committing ------------------------------------------------------------
 
     async def commit(

@@ -18,6 +18,7 @@ from wakeful.runtime import (
     NotFound,
     Registry,
     Runtime,
+    RuntimeConfig,
     TerminalError,
     Wake,
 )
@@ -589,3 +590,25 @@ async def test_tail_of_one_run_ends_with_it(store_factory: StoreFactory) -> None
         assert resumed == seen[2:]
         check_stream(await rt.read("/two/t"))
         del first
+
+
+async def test_suspended_durable_run_leaves_memory_and_comes_back(
+    store_factory: StoreFactory,
+) -> None:
+    effects: list[str] = []
+    config = RuntimeConfig(idle_timeout=0.05)
+    async with Runtime(approval_registry(effects), store_factory(), config) as rt:
+        await rt.send("/guarded/e", {"call": "c1"}, mode="durable")
+        await rt.idle()
+
+        async def evicted() -> bool:
+            return rt.loaded() == [] and "/guarded/e" not in rt._actors
+
+        await wait_for(evicted)
+        decision = await rt.approve("/guarded/e", "c1", approved=True)
+        assert decision.approved
+        await rt.idle()
+        events = await rt.read("/guarded/e")
+        check_all_ended(events)
+        assert events[-1].data.result == {"approved": True, "reason": None}
+    assert effects == ["prepare", "act"]
