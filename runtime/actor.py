@@ -158,7 +158,7 @@ class Actor:
         elif kind in ("message", "child", "timer"):
             if kind == "timer" and self._stale_timer(item):
                 self.writer.consume(item.offset)
-            elif self.run is None and self.state.active_run is None and not self.state.inbox:
+            elif self._idle():
                 self._start(item)
             else:
                 self.writer.emit(self._accepted(item), None)
@@ -172,6 +172,17 @@ class Actor:
         else:
             log.warning("%s: inbox message of unknown kind %r consumed", self.address, kind)
             self.writer.consume(item.offset)
+
+    def _idle(self) -> bool:
+        """No run and nothing waiting before a new message: it may start at once. Messages
+        accepted but not yet committed count as waiting, so they keep their turn."""
+        assert self.writer is not None
+        return (
+            self.run is None
+            and self.state.active_run is None
+            and not self.state.inbox
+            and not self.writer.has_pending
+        )
 
     def _stale_timer(self, item: InboxItem) -> bool:
         timer = self.state.timers.get(item.envelope.name or "")

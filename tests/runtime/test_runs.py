@@ -612,3 +612,30 @@ async def test_suspended_durable_run_leaves_memory_and_comes_back(
         check_all_ended(events)
         assert events[-1].data.result == {"approved": True, "reason": None}
     assert effects == ["prepare", "act"]
+
+
+async def test_runs_start_in_message_order_while_commits_are_slow(
+    store_factory: StoreFactory,
+) -> None:
+    """Messages arriving while a run's last commit is in flight keep their turn."""
+    import random
+
+    registry = Registry()
+    order: list[int] = []
+
+    @registry.entity("seq")
+    async def seq(ctx: Context, wake: Wake) -> object:
+        order.append(wake.payload)
+        return wake.payload
+
+    rng = random.Random(3)
+    async with Runtime(registry, SlowStore(store_factory(), 0.004)) as rt:  # type: ignore[arg-type]
+        for i in range(40):
+            await rt.send("/seq/s", i)
+            await asyncio.sleep(rng.uniform(0, 0.008))
+        await rt.idle()
+        events = await rt.read("/seq/s")
+    check_all_ended(events)
+    assert order == list(range(40))
+    started = [e.data.inbox for e in events if e.kind == "run.started"]
+    assert started == sorted(started)
