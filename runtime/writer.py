@@ -111,6 +111,7 @@ class Writer:
                 self._on_failure(exc)  # also kept in self.failed for the next commit
         else:
             self._on_commit([])
+
     # -- committing ------------------------------------------------------------
 
     async def commit(
