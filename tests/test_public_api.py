@@ -5,6 +5,7 @@ from __future__ import annotations
 import wakeful.entities
 import wakeful.runtime
 import wakeful.transports
+import wakeful.transports.jetstream
 import wakeful.transports.memory
 import wakeful.transports.sqlite
 
@@ -46,6 +47,7 @@ def test_transport_and_entities_all() -> None:
     assert wakeful.entities.__all__ == []
     assert wakeful.transports.memory.__all__ == ["MemoryStore"]
     assert wakeful.transports.sqlite.__all__ == ["SQLiteStore"]
+    assert wakeful.transports.jetstream.__all__ == []  # JetStreamStore comes with issue 4
 
 
 def test_stores_implement_the_port() -> None:

@@ -1,0 +1,112 @@
+"""Creating or checking the JetStream stream that holds everything of wakeful.
+
+The stream needs nats-server 2.12 or newer (atomic batch publish, message
+schedules), JetStream enabled, and these settings: `allow_atomic`,
+`allow_msg_schedules`, `allow_msg_ttl`, `allow_direct`, subjects `wk.>`. An
+existing stream with other settings is not changed behind the operator's back:
+it is refused with an error that says what differs and what to do.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.js import api
+
+from wakeful.runtime.errors import WakefulError
+
+from .subjects import PREFIX
+
+MIN_SERVER = (2, 12, 0)
+SUBJECTS = [f"{PREFIX}.>"]
+REQUIRED_FLAGS = ("allow_atomic", "allow_msg_schedules", "allow_msg_ttl", "allow_direct")
+
+
+class JetStreamSetupError(WakefulError):
+    """The server or the stream cannot hold wakeful as they are; the message says why."""
+
+
+def check_server_version(version: tuple[int, int, int], server: str) -> None:
+    if version < MIN_SERVER:
+        have = ".".join(map(str, version))
+        raise JetStreamSetupError(
+            f"nats-server {have} at {server} is too old: wakeful needs 2.12 or newer "
+            "(atomic batch publish, message schedules); upgrade the server"
+        )
+
+
+def wanted_config(name: str, replicas: int, storage: str) -> api.StreamConfig:
+    if storage not in ("file", "memory"):
+        raise ValueError(f"storage={storage!r}; use 'file' or 'memory'")
+    if replicas not in (1, 3, 5):
+        raise ValueError(f"replicas={replicas}; use 1, 3 or 5")
+    return api.StreamConfig(
+        name=name,
+        subjects=list(SUBJECTS),
+        storage=api.StorageType(storage),
+        num_replicas=replicas,
+        allow_atomic=True,
+        allow_msg_schedules=True,
+        allow_msg_ttl=True,
+        allow_direct=True,
+        allow_rollup_hdrs=True,
+    )
+
+
+def conflicts(have: api.StreamConfig, want: api.StreamConfig) -> list[str]:
+    """What an existing stream's config lacks, one line per setting."""
+    out: list[str] = []
+    missing = [s for s in want.subjects or [] if s not in (have.subjects or [])]
+    if missing:
+        out.append(f"subjects {have.subjects} do not include {missing}")
+    for flag in REQUIRED_FLAGS:
+        if not getattr(have, flag):
+            out.append(f"{flag} is false, needs true")
+    if (have.num_replicas or 1) != want.num_replicas:
+        out.append(
+            f"num_replicas is {have.num_replicas}, this store was asked for {want.num_replicas}"
+        )
+    if have.storage != want.storage:
+        out.append(
+            f"storage is {_value(have.storage)}, this store was asked for {_value(want.storage)}"
+        )
+    return out
+
+
+def _value(storage: Any) -> str:
+    return str(getattr(storage, "value", storage))
+
+
+async def ensure_stream(nc: Client, name: str, replicas: int, storage: str) -> api.StreamInfo:
+    """Create the stream, or check that an existing one fits; raise `JetStreamSetupError`."""
+    server = nc.connected_url.netloc if nc.connected_url else "the server"
+    version = nc.connected_server_version
+    check_server_version((version.major, version.minor, version.patch), server)
+    want = wanted_config(name, replicas, storage)
+    js = nc.jetstream()
+    try:
+        info = await js.stream_info(name)
+    except nats.js.errors.NotFoundError:
+        try:
+            return await js.add_stream(want)
+        except nats.js.errors.APIError as exc:
+            raise JetStreamSetupError(
+                f"cannot create stream {name!r} on {server}: {exc.description} "
+                f"(err_code {exc.err_code})"
+            ) from exc
+    except (nats.js.errors.ServiceUnavailableError, nats.errors.NoRespondersError) as exc:
+        raise JetStreamSetupError(
+            f"JetStream is not enabled on the nats-server at {server}: start it with -js "
+            "(or a jetstream {} block in its config)"
+        ) from exc
+    problems = conflicts(info.config, want)
+    if problems:
+        raise JetStreamSetupError(
+            f"stream {name!r} on {server} exists with settings wakeful cannot use: "
+            + "; ".join(problems)
+            + ". Edit the stream to match, delete it, or give JetStreamStore another stream name"
+        )
+    return info
