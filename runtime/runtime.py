@@ -121,7 +121,9 @@ class Runtime(AsyncResource):
         self._main = asyncio.create_task(self._supervise(ready), name="wakeful-runtime")
         await ready
         for record in await self.store.runs(status="active", limit=1_000_000):
-            self._poke(record.address)
+            # A durable run that waits (suspended) needs nothing until its answer comes.
+            if record.status == "running" or record.mode == "classic":
+                self._poke(record.address)
 
     async def close(self) -> None:
         """Stop dispatching, abandon turns in flight (their messages stay in the inbox; a
