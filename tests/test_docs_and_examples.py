@@ -53,3 +53,21 @@ def test_readme_quickstart_names_both_commands() -> None:
     assert ".venv/bin/python -m pytest" in readme
     ci = (ROOT / ".ci" / "run").read_text()
     assert "-m pytest" in ci
+
+
+def test_durable_approval_example_survives_the_restart(tmp_path: Path) -> None:
+    db = tmp_path / "approvals.db"
+    for _ in range(2):  # and again on the same file: a new run, a new approval
+        out = subprocess.run(
+            [sys.executable, str(ROOT / "examples" / "durable_approval.py"), str(db)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        lines = out.stdout.strip().splitlines()
+        assert lines[0].endswith(
+            ": suspended, waiting for approval:cleanup-" + lines[0].split(":")[0]
+        )
+        assert lines[1].endswith(": completed: deleted 3 files under /tmp/cache")
+        assert lines[2] == "steps executed: ['plan', 'delete']"  # the plan step ran once
