@@ -1,10 +1,12 @@
 """Shared fixtures: stores, parametrized so every behaviour test runs on each backend.
 
-A new backend joins by adding its name to STORES and a branch to `make_store`.
+A new backend joins with a branch in `store_factory` and its name in STORES (and in
+the contract suite's list, tests/contracts/conftest.py).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -14,7 +16,10 @@ from wakeful.runtime import EventStore
 from wakeful.transports.memory import MemoryStore
 from wakeful.transports.sqlite import SQLiteStore
 
-STORES = ["memory", "sqlite"]
+# The runtime suites run on memory and SQLite by default; add JetStream with
+# WAKEFUL_TEST_STORES=memory,sqlite,jetstream (they pass there, with one rare
+# timeout still being chased: issue 4). The contract suite always includes JetStream.
+STORES = os.environ.get("WAKEFUL_TEST_STORES", "memory,sqlite").split(",")
 
 StoreFactory = Callable[[], EventStore]
 
@@ -25,7 +30,19 @@ def store_kind(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def store_factory(store_kind: str, tmp_path: Path) -> StoreFactory:
+async def store_factory(store_kind: str, tmp_path: Path) -> AsyncIterator[StoreFactory]:
+    if store_kind == "jetstream":
+        from wakeful.transports.jetstream.store import JetStreamStore
+
+        from .nats_fixtures import NatsServer
+
+        async with NatsServer(tmp_path / "nats") as server:
+            yield lambda: JetStreamStore(server.url, partitions=4, poll=0.2)
+        return
+    yield _local_factory(store_kind, tmp_path)
+
+
+def _local_factory(store_kind: str, tmp_path: Path) -> StoreFactory:
     """Makes a store on the same data each time it is called: a 'restart'.
 
     For memory that is the same object (closed and reopened); for SQLite a new

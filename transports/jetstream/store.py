@@ -31,9 +31,17 @@ from wakeful.runtime.address import parse_address
 from wakeful.runtime.errors import ConcurrencyError, InvalidPayload, StoreClosed, WakefulError
 from wakeful.runtime.events import Event, decode_data, encode_data
 from wakeful.runtime.lifecycle import AsyncResource
-from wakeful.runtime.ports import ACTIVE, Commit, Envelope, InboxItem, RunRecord, Snapshot
+from wakeful.runtime.ports import (
+    ACTIVE,
+    Commit,
+    Envelope,
+    InboxItem,
+    RunRecord,
+    Snapshot,
+    TimerArm,
+)
 
-from .._local import Signals, tail_events
+from .._local import Background, Signals, run_timers, tail_events
 from .stream import ensure_stream
 from .subjects import Layout
 
@@ -112,7 +120,10 @@ class JetStreamStore(AsyncResource):
         self._signals: Signals | None = None
         self._heads: dict[str, _Head] = {}
         self._inbox_last: dict[str, int] = {}
-        self._timers: dict[tuple[str, str], float] = {}
+        self._timers: dict[tuple[str, str], TimerArm] = {}
+        """Armed timers, fired from here when due (the schedules are the durable
+        fallback: the server fires them too, and the runtime drops the duplicate)."""
+        self._background = Background("wakeful-jetstream-store")
         self._tail_subs: Any = None
         self._feed_task: asyncio.Task[None] | None = None
 
@@ -140,9 +151,13 @@ class JetStreamStore(AsyncResource):
             elif msg.subject.endswith((".in", ".wake")):
                 signals.wake(address)
 
-        # Hints only: every read goes to the stream, so a hint for a publish that
-        # failed its guard costs one read and nothing else.
+        # Hints from other processes (and from timers the server fires): every read
+        # goes to the stream, so a hint for a publish that failed its guard, or one
+        # that arrives before its batch committed, costs a read. Our own commits and
+        # sends signal after their ack.
         self._tail_subs = await nc.subscribe("wk.*.*.*.*", cb=on_event)
+        await self._load_timers()
+        await self._background.start(self._timer_loop)
 
     async def close(self) -> None:
         nc, self._nc = self._nc, None
@@ -150,6 +165,7 @@ class JetStreamStore(AsyncResource):
             return
         if self._signals is not None:
             self._signals.close()
+        await self._background.stop()
         self._signals = None
         await nc.close()
 
@@ -320,12 +336,18 @@ class JetStreamStore(AsyncResource):
         else:
             first = await self._publish_batch(messages)
         self._heads[address] = _Head(first, seq, cursor)
+        signals = self._sig()
+        if rows:
+            signals.committed(address)
         for offset, env_address in self._delivered(messages, first):
             self._inbox_last[env_address] = max(self._inbox_last.get(env_address, 0), offset)
+            signals.wake(env_address)
         for name in commit.cancel_timers:
             self._timers.pop((address, name), None)
         for arm in commit.timers:
-            self._timers[(address, arm.name)] = arm.due
+            self._timers[(address, arm.name)] = arm
+        if commit.timers or commit.cancel_timers:
+            signals.timers_changed()
         return [
             Event(
                 _event_offset(first, i),
@@ -392,6 +414,7 @@ class JetStreamStore(AsyncResource):
                 assert existing is not None
                 return f"{int(existing.headers['Nats-Sequence']) - 1:0{SEQ_WIDTH}d}"  # type: ignore[index]
         self._inbox_last[address] = max(self._inbox_last.get(address, 0), seq)
+        self._sig().wake(address)
         return f"{seq:0{SEQ_WIDTH}d}"
 
     async def save_snapshot(self, address: str, snapshot: Snapshot) -> None:
@@ -489,8 +512,8 @@ class JetStreamStore(AsyncResource):
         self._conn()
         wanted = set(types)
         now = time.time()
-        for (address, _), due in self._timers.items():
-            if due <= now and parse_address(address)[0] in wanted:
+        for (address, _), arm in self._timers.items():
+            if arm.due <= now and parse_address(address)[0] in wanted:
                 return True
         for address, last in self._inbox_last.items():
             if parse_address(address)[0] in wanted and last > (await self._head(address)).cursor:
@@ -510,6 +533,48 @@ class JetStreamStore(AsyncResource):
                 if await self.inbox(address, limit=1):
                     found.append(address)
         return found
+
+    # -- timers ------------------------------------------------------------------
+
+    async def _load_timers(self) -> None:
+        """Armed timers from the stream: the last message of each timer subject that is
+        still a schedule."""
+        js = self._conn().jetstream()
+        info = await js.stream_info(self.stream, subjects_filter="wk.*.*.*.tmr.*")
+        for subject in info.state.subjects or {}:
+            msg = await self._last(subject)
+            if msg is None or not (msg.headers or {}).get("Nats-Schedule"):
+                continue
+            env = _env_decoder.decode(msg.data)
+            at = (msg.headers or {})["Nats-Schedule"].removeprefix("@at ").replace("Z", "+00:00")
+            due = dt.datetime.fromisoformat(at).timestamp()
+            arm = TimerArm(env.name or "", due, env.payload, env.generation)
+            self._timers[(env.address, arm.name)] = arm
+
+    async def _timer_loop(self) -> None:
+        await run_timers(self._next_due, self._fire_due, self._sig(), self.poll)
+
+    async def _next_due(self) -> float | None:
+        return min((arm.due for arm in self._timers.values()), default=None)
+
+    async def _fire_due(self, now: float) -> list[str]:
+        """Deliver due timers to their entities' `.wake` and disarm their schedules."""
+        fired: list[str] = []
+        for (address, name), arm in sorted(self._timers.items(), key=lambda kv: kv[1].due):
+            if arm.due > now:
+                break
+            env = Envelope(
+                address=address,
+                kind="timer",
+                payload=arm.payload,
+                name=name,
+                generation=arm.generation,
+            )
+            await self._publish_one(self.layout.wake(address), _json.encode(env), {})
+            if self._timers.get((address, name)) is arm:
+                del self._timers[(address, name)]
+            fired.append(address)
+        return fired
 
     # -- run index (a subject per run; newest record wins) ---------------------------------
 
