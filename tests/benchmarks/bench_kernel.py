@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import os
@@ -24,13 +25,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import nats
+import nats.js.errors
+
 from wakeful.runtime import Context, Envelope, EventStore, Registry, Runtime, RuntimeConfig, Wake
 from wakeful.runtime.ports import Snapshot
 from wakeful.runtime.state import encode_snapshot, rebuild
+from wakeful.transports.jetstream.store import JetStreamStore
 from wakeful.transports.memory import MemoryStore
 from wakeful.transports.sqlite import SQLiteStore
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tests.nats_fixtures import NatsServer
+
 SAMPLES = 5
+NATS_URL: str | None = None
 registry = Registry()
 
 
@@ -41,7 +50,7 @@ async def counter(ctx: Context, wake: Wake) -> object:
     return None
 
 
-def store_factory(kind: str, root: Path) -> Callable[[], EventStore]:
+async def store_factory(kind: str, root: Path) -> Callable[[], EventStore]:
     """A fresh data set; each call gives a store on it (a restart, for SQLite)."""
     if kind == "memory":
         memory = MemoryStore()
@@ -49,11 +58,23 @@ def store_factory(kind: str, root: Path) -> Callable[[], EventStore]:
     if kind == "sqlite":
         path = root / f"bench-{time.monotonic_ns()}.db"
         return lambda: SQLiteStore(path)
-    raise SystemExit(f"unknown store {kind!r}; use memory or sqlite")
+    if kind == "jetstream":
+        if NATS_URL is None:
+            raise SystemExit("jetstream needs the server main() starts")
+        nc = await nats.connect(NATS_URL)  # a fresh data set: the stream starts empty
+        try:
+            await nc.jetstream().delete_stream("WAKEFUL")
+        except nats.js.errors.NotFoundError:
+            pass
+        finally:
+            await nc.close()
+        url = NATS_URL
+        return lambda: JetStreamStore(url, partitions=16)
+    raise SystemExit(f"unknown store {kind!r}; use memory, sqlite or jetstream")
 
 
-def make_store(kind: str, root: Path) -> EventStore:
-    return store_factory(kind, root)()
+async def make_store(kind: str, root: Path) -> EventStore:
+    return (await store_factory(kind, root))()
 
 
 def rss_mb() -> float:
@@ -71,7 +92,7 @@ async def prefill(store: EventStore, entities: int, per_entity: int) -> None:
 
 async def wakes_per_second(kind: str, root: Path, entities: int, per_entity: int) -> float:
     """Messages already in the inboxes; time from runtime start to idle."""
-    make = store_factory(kind, root)
+    make = await store_factory(kind, root)
     store = make()
     await store.open()
     await prefill(store, entities, per_entity)
@@ -86,7 +107,7 @@ async def wakes_per_second(kind: str, root: Path, entities: int, per_entity: int
 
 async def send_and_process_per_second(kind: str, root: Path, entities: int, total: int) -> float:
     """Senders and handlers at once: 16 concurrent senders, then idle."""
-    async with Runtime(registry, make_store(kind, root)) as rt:
+    async with Runtime(registry, await make_store(kind, root)) as rt:
         began = time.perf_counter()
 
         async def sender(k: int) -> None:
@@ -100,7 +121,7 @@ async def send_and_process_per_second(kind: str, root: Path, entities: int, tota
 
 async def build_long_entity(kind: str, root: Path, events: int) -> tuple[EventStore, str]:
     """One entity with `events` events written by real runs (4 events per message)."""
-    store = make_store(kind, root)
+    store = await make_store(kind, root)
     config = RuntimeConfig(snapshot_every=0)
     async with Runtime(registry, store, config) as rt:
         runs = (events - 1) // 4
@@ -136,7 +157,7 @@ async def rebuild_times(kind: str, root: Path, events: int) -> dict[str, float]:
 
 
 async def memory_after_eviction(kind: str, root: Path, entities: int) -> dict[str, float]:
-    make = store_factory(kind, root)
+    make = await store_factory(kind, root)
     store = make()
     await store.open()
     await prefill(store, entities, 1)
@@ -174,32 +195,51 @@ async def main() -> None:
     }
     stores = args.stores.split(",")
     results: dict[str, dict[str, Any]] = {s: {} for s in stores}
-
-    def med(values: list[float]) -> float:
-        return statistics.median(values)
-
+    global NATS_URL
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        for _ in range(args.repeat):
-            for s in stores:
-                r = results[s]
-                r.setdefault("wakes_per_s_1000_entities", []).append(
-                    await wakes_per_second(s, root, sizes["entities"], sizes["per_entity"])
-                )
-                r.setdefault("wakes_per_s_one_entity", []).append(
-                    await wakes_per_second(s, root, 1, sizes["one_entity"])
-                )
-                r.setdefault("send_and_process_per_s", []).append(
-                    await send_and_process_per_second(s, root, sizes["entities"], sizes["sends"])
-                )
+        async with contextlib.AsyncExitStack() as stack:
+            if "jetstream" in stores:  # one nats-server (R1, file storage) for the run
+                server = await stack.enter_async_context(NatsServer(root / "nats"))
+                NATS_URL = server.url
+            await measure(stores, sizes, results, root, args.repeat)
+    report(stores, sizes, results, args)
+
+
+async def measure(
+    stores: list[str],
+    sizes: dict[str, int],
+    results: dict[str, dict[str, Any]],
+    root: Path,
+    repeat: int,
+) -> None:
+    for _ in range(repeat):
         for s in stores:
             r = results[s]
-            for key in list(r):
-                r[key] = med(r[key])
-            r.update(await rebuild_times(s, root, sizes["long_events"]))
-        for s in stores:  # last: it grows the process
-            results[s].update(await memory_after_eviction(s, root, sizes["evict_entities"]))
+            r.setdefault("wakes_per_s_1000_entities", []).append(
+                await wakes_per_second(s, root, sizes["entities"], sizes["per_entity"])
+            )
+            r.setdefault("wakes_per_s_one_entity", []).append(
+                await wakes_per_second(s, root, 1, sizes["one_entity"])
+            )
+            r.setdefault("send_and_process_per_s", []).append(
+                await send_and_process_per_second(s, root, sizes["entities"], sizes["sends"])
+            )
+    for s in stores:
+        r = results[s]
+        for key in list(r):
+            r[key] = statistics.median(r[key])
+        r.update(await rebuild_times(s, root, sizes["long_events"]))
+    for s in stores:  # last: it grows the process
+        results[s].update(await memory_after_eviction(s, root, sizes["evict_entities"]))
 
+
+def report(
+    stores: list[str],
+    sizes: dict[str, int],
+    results: dict[str, dict[str, Any]],
+    args: argparse.Namespace,
+) -> None:
     whole, one, two = "{:,.0f}".format, "{:,.1f}".format, "{:,.2f}".format
     rows: list[tuple[str, str, Callable[[float], str]]] = [
         ("wakes_per_s_1000_entities", f"wakes/s, {sizes['entities']} entities x 5", whole),

@@ -157,6 +157,7 @@ class JetStreamStore(AsyncResource):
         # sends signal after their ack.
         self._tail_subs = await nc.subscribe("wk.*.*.*.*", cb=on_event)
         await self._load_timers()
+        await self._scan_inboxes()
         await self._background.start(self._timer_loop)
 
     async def close(self) -> None:
@@ -524,15 +525,26 @@ class JetStreamStore(AsyncResource):
         return self._sig().wakes(self._initial_wakes)
 
     async def _initial_wakes(self) -> list[str]:
+        return [
+            address
+            for address, last in list(self._inbox_last.items())
+            if last > (await self._head(address)).cursor
+        ]
+
+    async def _scan_inboxes(self) -> None:
+        """Find every entity with unconsumed inbox messages (at open, so that `pending`
+        and the wake feed know them from the start). One stream-info request per
+        subject kind plus one read per entity: fine for now; the per-partition
+        consumers of issue 4 replace it."""
         js = self._conn().jetstream()
-        found: list[str] = []
         for suffix in ("in", "wake"):
             info = await js.stream_info(self.stream, subjects_filter=f"wk.*.*.*.{suffix}")
             for subject in info.state.subjects or {}:
                 address = Layout.address_of(subject)
-                if await self.inbox(address, limit=1):
-                    found.append(address)
-        return found
+                items = await self.inbox(address)
+                if items:
+                    last = int(items[-1].offset)
+                    self._inbox_last[address] = max(self._inbox_last.get(address, 0), last)
 
     # -- timers ------------------------------------------------------------------
 
