@@ -47,7 +47,7 @@ def test_transport_and_entities_all() -> None:
     assert wakeful.entities.__all__ == []
     assert wakeful.transports.memory.__all__ == ["MemoryStore"]
     assert wakeful.transports.sqlite.__all__ == ["SQLiteStore"]
-    assert wakeful.transports.jetstream.__all__ == []  # JetStreamStore comes with issue 4
+    assert wakeful.transports.jetstream.__all__ == ["JetStreamStore"]
 
 
 def test_stores_implement_the_port() -> None:
