@@ -55,6 +55,7 @@ DIRECT_BATCH = 256
 _json = msgspec.json.Encoder()
 _env_decoder = msgspec.json.Decoder(Envelope)
 _run_decoder = msgspec.json.Decoder(RunRecord)
+_runs_decoder = msgspec.json.Decoder(list[RunRecord])
 _raw_events = msgspec.json.Decoder(list[tuple[str, float, str | None, msgspec.Raw]])
 
 
@@ -86,6 +87,13 @@ def _parse_inbox_offset(offset: str | None, what: str = "after") -> int:
     if isinstance(offset, str) and offset.isdigit():
         return int(offset)
     raise ValueError(f"{what} {offset!r} is not an inbox offset of this store")
+
+
+def _parse_stamp(stamp: str) -> float:
+    """`Nats-Time-Stamp` (RFC 3339 in UTC, 0 to 9 fractional digits) as epoch seconds."""
+    whole, _, fraction = stamp.rstrip("Z").partition(".")
+    seconds = dt.datetime.fromisoformat(whole + "+00:00").timestamp()
+    return seconds + (float("0." + fraction) if fraction else 0.0)
 
 
 class _BatchError(WakefulError):
@@ -157,6 +165,7 @@ class JetStreamStore(AsyncResource):
         # sends signal after their ack.
         self._tail_subs = await nc.subscribe("wk.*.*.*.*", cb=on_event)
         await self._load_timers()
+        await self._repair_run_index()
         await self._scan_inboxes()
         await self._background.start(self._timer_loop)
 
@@ -308,14 +317,17 @@ class JetStreamStore(AsyncResource):
             "Wk-Seq": str(seq),
             "Wk-Consumed": str(cursor),
         }
+        if commit.runs:
+            # The run index is written after the commit (one publish per record, not
+            # an atomic batch); the records ride in the log too, so `open` can repair
+            # an index update lost to a crash between the two.
+            headers["Wk-Runs"] = _json.encode(commit.runs).decode()
         messages = [(layout.events(address), _json.encode(rows), headers)]
         keyed: list[tuple[str, str]] = []
         for env in commit.outbox:
             messages.extend(await self._delivery(env, keyed))
         for name in commit.cancel_timers:
             messages.append((layout.timer(address, name), b"", {"Nats-Rollup": "sub"}))
-        for record in commit.runs:
-            messages.append((f"wk.runs.{record.run}", _json.encode(record), {"Nats-Rollup": "sub"}))
         for arm in commit.timers:
             due = dt.datetime.fromtimestamp(arm.due, dt.UTC).isoformat().replace("+00:00", "Z")
             env = Envelope(
@@ -349,6 +361,7 @@ class JetStreamStore(AsyncResource):
             self._timers[(address, arm.name)] = arm
         if commit.timers or commit.cancel_timers:
             signals.timers_changed()
+        await self._index_runs(commit.runs)
         return [
             Event(
                 _event_offset(first, i),
@@ -486,11 +499,7 @@ class JetStreamStore(AsyncResource):
             if not h.get("Nats-Subject", "").endswith((".in", ".wake")):
                 continue
             stamp = h.get("Nats-Time-Stamp")
-            at = (
-                dt.datetime.fromisoformat(stamp[:26] + "+00:00").timestamp()
-                if stamp
-                else time.time()
-            )
+            at = _parse_stamp(stamp) if stamp else time.time()
             items.append(
                 InboxItem(
                     f"{int(h['Nats-Sequence']):0{SEQ_WIDTH}d}", at, _env_decoder.decode(msg.data)
@@ -530,6 +539,26 @@ class JetStreamStore(AsyncResource):
             for address, last in list(self._inbox_last.items())
             if last > (await self._head(address)).cursor
         ]
+
+    async def _index_runs(self, records: list[RunRecord]) -> None:
+        """Publish the run index records of a commit, right after it (acked, so a read
+        that follows sees them); one lost to a crash in between is written again by
+        `_repair_run_index` when the store opens."""
+        for record in records:
+            await self._publish_one(
+                f"wk.runs.{record.run}", _json.encode(record), {"Nats-Rollup": "sub"}
+            )
+
+    async def _repair_run_index(self) -> None:
+        """Write again the run records of each entity's last commit: the only index
+        update a crash can have lost (it comes right after its commit)."""
+        js = self._conn().jetstream()
+        info = await js.stream_info(self.stream, subjects_filter="wk.*.*.*.ev")
+        for subject in info.state.subjects or {}:
+            head = await self._last(subject)
+            raw = (head.headers or {}).get("Wk-Runs") if head is not None else None
+            if raw:
+                await self._index_runs(_runs_decoder.decode(raw))
 
     async def _scan_inboxes(self) -> None:
         """Find every entity with unconsumed inbox messages (at open, so that `pending`
