@@ -440,7 +440,17 @@ class Runtime(AsyncResource):
             raise NotFound(f"{address} has no run {run!r}")
         if record.status in TERMINAL:
             return record
-        after = (await self._current(address)).offset
+        state = await self._current(address)
+        info = state.runs.get(run)
+        if info is not None and info["status"] in TERMINAL:  # the log knows before the index
+            return msgspec.structs.replace(
+                record,
+                status=info["status"],
+                ended_at=info.get("ended_at"),
+                reason=info.get("reason"),
+                error=info.get("error"),
+            )
+        after = state.offset
         await self.store.send(Envelope(address=address, kind="cancel", run=run))
         status = {
             "run.completed": "completed",
