@@ -67,7 +67,6 @@ class Context:
         "_limit",
         "_ops",
         "_registry",
-        "_state",
         "address",
         "id",
         "mode",
@@ -91,7 +90,6 @@ class Context:
         self.type, self.id = parse_address(address)
         self.run = run
         self.mode = mode
-        self._state = entity
         self._registry = registry
         self._limit = max_payload
         self._driver = driver

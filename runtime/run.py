@@ -31,7 +31,7 @@ from . import events as ev
 from .address import check_name
 from .codec import normalize
 from .context import Context, Decision, Wake, step_key_var
-from .errors import ConcurrencyError, JournalMismatch, StepError, TerminalError
+from .errors import JournalMismatch, StepError, TerminalError
 from .ports import Envelope
 from .registry import Handler
 from .state import EntityState, changes_to_events
@@ -284,9 +284,7 @@ class RunDriver:
         """Commit for a durable run; a cancel waits for it, so nothing is recorded twice."""
         try:
             await asyncio.shield(self.writer.commit([(e, self.run) for e in events]))
-        except (ConcurrencyError, Exception) as exc:
-            if isinstance(exc, asyncio.CancelledError):
-                raise
+        except Exception as exc:  # a conflict or a store error: recovery takes the run over
             log.warning("%s: run %s could not commit: %s", self.ctx.address, self.run, exc)
             raise Abort() from exc
 

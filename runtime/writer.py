@@ -66,7 +66,7 @@ class Writer:
     def emit(self, data: ev.EventData, run: str | None) -> None:
         """Buffer an event; it is committed in the background (or with the next commit)."""
         self._events.append(NewEvent(ev.KIND_OF[type(data)], data, time.time(), run))
-        self._schedule()
+        self.schedule()
 
     def hold(self, data: ev.EventData, run: str | None) -> None:
         """Buffer an event for the next commit without scheduling a flush."""
@@ -76,7 +76,7 @@ class Writer:
         """Mark an inbox message consumed with the next commit."""
         self._consumed.append(offset)
         if flush:
-            self._schedule()
+            self.schedule()
 
     def schedule(self) -> None:
         """Flush what is buffered soon: after the callbacks already queued have run, so a
@@ -85,8 +85,6 @@ class Writer:
         if not self._flushing:
             self._flushing = True
             asyncio.get_running_loop().call_soon(self._kick)
-
-    _schedule = schedule
 
     def _kick(self) -> None:
         if self._events or self._consumed or self._outbox:

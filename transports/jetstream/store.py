@@ -459,28 +459,35 @@ class JetStreamStore(AsyncResource):
         self._conn()
         start, index = _parse_event_offset(after)
         out: list[Event] = []
-        messages = await self._scan(self.layout.events(address), start if index >= 0 else 1, None)
-        for msg in messages:
-            h = msg.headers or {}
-            stream_seq = int(h["Nats-Sequence"])
-            rows = _raw_events.decode(msg.data)
-            last = int(h["Wk-Seq"])
-            first = last - len(rows) + 1
-            for i, (kind, at, run, data) in enumerate(rows):
-                if stream_seq < start or (stream_seq == start and i <= index):
-                    continue
-                out.append(
-                    Event(
-                        _event_offset(stream_seq, i),
-                        first + i,
-                        kind,
-                        at,
-                        run,
-                        decode_data(kind, data),
+        subject = self.layout.events(address)
+        seq = start if index >= 0 else 1  # the message at `after` may hold later events
+        while True:
+            messages = await self._direct(
+                {"seq": max(1, seq), "next_by_subj": subject, "batch": DIRECT_BATCH}
+            )
+            for msg in messages:
+                h = msg.headers or {}
+                stream_seq = int(h["Nats-Sequence"])
+                rows = _raw_events.decode(msg.data)
+                first = int(h["Wk-Seq"]) - len(rows) + 1
+                for i, (kind, at, run, data) in enumerate(rows):
+                    if stream_seq == start and i <= index:
+                        continue
+                    out.append(
+                        Event(
+                            _event_offset(stream_seq, i),
+                            first + i,
+                            kind,
+                            at,
+                            run,
+                            decode_data(kind, data),
+                        )
                     )
-                )
-                if limit is not None and len(out) >= limit:
-                    return out
+                    if limit is not None and len(out) >= limit:
+                        return out
+            if len(messages) < DIRECT_BATCH:
+                return out
+            seq = int(messages[-1].headers["Nats-Sequence"]) + 1  # type: ignore[index]
         return out
 
     def tail(self, address: str, after: str | None = None) -> AsyncIterator[Event]:
@@ -525,8 +532,10 @@ class JetStreamStore(AsyncResource):
         for (address, _), arm in self._timers.items():
             if arm.due <= now and parse_address(address)[0] in wanted:
                 return True
-        for address, last in self._inbox_last.items():
-            if parse_address(address)[0] in wanted and last > (await self._head(address)).cursor:
+        for address, last in list(self._inbox_last.items()):
+            if last <= (await self._head(address)).cursor:
+                del self._inbox_last[address]  # consumed: nothing pending there any more
+            elif parse_address(address)[0] in wanted:
                 return True
         return False
 
