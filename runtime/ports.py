@@ -120,6 +120,17 @@ class Snapshot(msgspec.Struct, frozen=True):
 class EventStore(Protocol):
     """The storage port. Implementations: MemoryStore, SQLiteStore, JetStreamStore."""
 
+    recovers_runs: bool
+    """False for a store one process serves whole (memory, SQLite): `Runtime.open`
+    looks for unfinished runs itself. True for a store shared by several workers
+    (JetStream): the store yields through `wakes()` the entities with unfinished
+    runs of each partition this worker takes over, whenever that happens."""
+
+    def owns(self, address: str) -> bool:
+        """Whether this process serves `address` now: always for an embedded store;
+        for a shared one, while this worker holds the entity's partition."""
+        ...
+
     async def open(self) -> None:
         """Connect and prepare; idempotent."""
 

@@ -122,6 +122,8 @@ class Runtime(AsyncResource):
         ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._main = asyncio.create_task(self._supervise(ready), name="wakeful-runtime")
         await ready
+        if self.store.recovers_runs:
+            return  # the store wakes them, partition by partition
         for record in await self.store.runs(status="active", limit=1_000_000):
             # A durable run that waits (suspended) needs nothing until its answer comes.
             if record.status == "running" or record.mode == "classic":
@@ -145,20 +147,26 @@ class Runtime(AsyncResource):
         await self.store.close()
 
     async def _supervise(self, ready: asyncio.Future[None]) -> None:
-        async with asyncio.TaskGroup() as tg:
-            self._tg = tg
-            tg.create_task(self._feed(), name="wakeful-feed")
-            tg.create_task(self._sweep(), name="wakeful-sweep")
-            ready.set_result(None)
-            await asyncio.Event().wait()  # until cancelled by close()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                tg.create_task(self._feed(), name="wakeful-feed")
+                tg.create_task(self._sweep(), name="wakeful-sweep")
+                ready.set_result(None)
+                await asyncio.Event().wait()  # until cancelled by close()
+        finally:
+            self._tg = None
 
     def _spawn(
         self, coro: Coroutine[Any, Any, None], name: str | None = None
     ) -> asyncio.Task[None]:
-        if self._tg is None:
-            coro.close()
-            raise StoreClosed("the Runtime is not running")
-        return self._tg.create_task(coro, name=name)
+        if self._tg is not None:
+            try:
+                return self._tg.create_task(coro, name=name)
+            except RuntimeError:  # the task group is shutting down
+                pass
+        coro.close()
+        raise StoreClosed("the Runtime is not running")
 
     async def _feed(self) -> None:
         while True:
@@ -393,8 +401,13 @@ class Runtime(AsyncResource):
         run = approval.get("run")
         info = state.runs.get(run or "", {})
         actor = self._actors.get(address)
-        if info.get("mode") != "durable" and (
-            actor is None or actor.run is None or actor.run.run != run
+        # A classic run lives in the process that serves its entity; when that is
+        # another worker, the decision goes there (and comes back as worker_lost if
+        # that run is gone).
+        if (
+            info.get("mode") != "durable"
+            and self.store.owns(address)
+            and (actor is None or actor.run is None or actor.run.run != run)
         ):
             raise NotFound(_gone(address, run))
         after = state.offset

@@ -16,6 +16,7 @@ from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 from . import events as ev
+from .errors import StoreClosed
 from .events import Event
 from .ports import Commit, Envelope, EventStore, NewEvent, RunRecord, TimerArm
 from .state import EntityState, evolve
@@ -88,7 +89,10 @@ class Writer:
 
     def _kick(self) -> None:
         if self._events or self._consumed or self._outbox:
-            self._spawn(self._flush_soon())
+            try:
+                self._spawn(self._flush_soon())
+            except StoreClosed:  # the runtime stopped: what is buffered is abandoned
+                self._flushing = False
         else:
             self._flushing = False
             self._on_commit([])  # nothing to flush: tell the actor the writer is idle

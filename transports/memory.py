@@ -41,6 +41,12 @@ class MemoryStore(AsyncResource):
     """An `EventStore` in memory. Use as `async with MemoryStore() as store:` or hand it
     to a `Runtime`, which opens and closes it."""
 
+    recovers_runs = False
+
+    def owns(self, address: str) -> bool:
+        """One process serves every entity of this store."""
+        return True
+
     def __init__(self) -> None:
         self._events: dict[str, list[Event]] = {}
         self._inbox: dict[str, dict[str, InboxItem]] = {}

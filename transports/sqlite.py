@@ -341,6 +341,12 @@ class SQLiteStore(AsyncResource):
     the same file.
     """
 
+    recovers_runs = False
+
+    def owns(self, address: str) -> bool:
+        """One process serves every entity of this store."""
+        return True
+
     def __init__(
         self,
         path: str | Path,

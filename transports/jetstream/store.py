@@ -6,16 +6,22 @@ when it also delivers messages or arms and cancels timers. Offsets of events are
 `<stream seq>.<index in its message>`; inbox offsets are stream sequences. The
 consumed-inbox cursor travels in the `Wk-Consumed` header of every `.ev` message.
 
-Not yet here (issue 4): sharing partitions among several workers (leases or
-pinned consumers), in-memory firing of due timers for precision, the cluster
-tests. One process per stream for now.
+Several worker processes share one stream: each serves the partitions it
+holds a lease on (`ownership.Leases`), with one durable pull consumer per
+partition on its `.in` and `.wake` subjects. A consumer's message is a wake
+hint; it is acked once the entity's log records it consumed (the commit that
+accepts it), so a worker that dies leaves its unaccepted messages unacked and
+the next holder finds them. With `ownership="all"` one process serves every
+partition without leases (a single worker; safe but wasteful with more).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import hashlib
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Collection
@@ -26,6 +32,7 @@ import nats
 import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.js import api
 
 from wakeful.runtime.address import parse_address
 from wakeful.runtime.errors import ConcurrencyError, InvalidPayload, StoreClosed, WakefulError
@@ -42,8 +49,9 @@ from wakeful.runtime.ports import (
 )
 
 from .._local import Background, Signals, run_timers, tail_events
-from .stream import ensure_stream
-from .subjects import Layout
+from .ownership import Leases
+from .stream import direct_get, ensure_stream
+from .subjects import PREFIX, Layout
 
 __all__ = ["JetStreamStore"]
 
@@ -51,6 +59,12 @@ CONFLICT_CODES = (10071, 10164)
 SEQ_WIDTH = 20
 INDEX_WIDTH = 4
 DIRECT_BATCH = 256
+PULL_BATCH = 512
+PULL_EXPIRES = 2.0
+ACK_WAIT = 30.0
+SCAN_CONCURRENCY = 32
+
+log = logging.getLogger("wakeful.jetstream")
 
 _json = msgspec.json.Encoder()
 _env_decoder = msgspec.json.Decoder(Envelope)
@@ -63,6 +77,27 @@ class _Head(msgspec.Struct):
     stream_seq: int  # of the entity's last .ev message (0: none)
     seq: int  # entity seq after it
     cursor: int  # highest consumed inbox stream seq
+    open: dict[str, tuple[str, str]] = {}  # unfinished runs: run -> (status, mode)
+
+
+_open_decoder = msgspec.json.Decoder(dict[str, tuple[str, str]])
+
+
+def _head_of(msg: Msg) -> _Head:
+    h = msg.headers or {}
+    raw = h.get("Wk-Open")
+    return _Head(
+        int(h["Nats-Sequence"]),
+        int(h["Wk-Seq"]),
+        int(h.get("Wk-Consumed", 0)),
+        _open_decoder.decode(raw) if raw else {},
+    )
+
+
+def _needs_process(status: str, mode: str) -> bool:
+    """Whether a run in this state lives in a process (so a new holder must recover it):
+    a classic run until it ends, a durable one while it runs (not while suspended)."""
+    return mode == "classic" or status == "running"
 
 
 def _event_offset(stream_seq: int, index: int) -> str:
@@ -104,7 +139,15 @@ class _BatchError(WakefulError):
 
 
 class JetStreamStore(AsyncResource):
-    """An `EventStore` on one JetStream stream."""
+    """An `EventStore` on one JetStream stream, shared by any number of worker processes.
+
+    `ownership="leases"` (default): the workers share the partitions evenly
+    through leases with a `lease_ttl` (a dead worker's partitions are taken over
+    within about `lease_ttl` + `lease_ttl`/3); `ownership="all"`: this process
+    serves every partition, without leases.
+    """
+
+    recovers_runs = True
 
     def __init__(
         self,
@@ -116,7 +159,13 @@ class JetStreamStore(AsyncResource):
         storage: str = "file",
         poll: float = 1.0,
         request_timeout: float = 5.0,
+        ownership: str = "leases",
+        lease_ttl: float = 5.0,
+        drain_timeout: float = 30.0,
+        worker: str | None = None,
     ) -> None:
+        if ownership not in ("leases", "all"):
+            raise ValueError(f"ownership={ownership!r}; use 'leases' or 'all'")
         self.servers = servers
         self.stream = stream
         self.layout = Layout(partitions)
@@ -124,16 +173,29 @@ class JetStreamStore(AsyncResource):
         self.storage = storage
         self.poll = poll
         self.timeout = request_timeout
+        self.ownership = ownership
+        self.lease_ttl = lease_ttl
+        self.drain_timeout = drain_timeout
+        self.worker = worker or uuid.uuid4().hex[:12]
         self._nc: Client | None = None
         self._signals: Signals | None = None
+        self._leases: Leases | None = None
+        self._all: set[int] = set()
+        """Partitions served under ownership="all"."""
         self._heads: dict[str, _Head] = {}
         self._inbox_last: dict[str, int] = {}
         self._timers: dict[tuple[str, str], TimerArm] = {}
-        """Armed timers, fired from here when due (the schedules are the durable
-        fallback: the server fires them too, and the runtime drops the duplicate)."""
+        """Armed timers of the partitions we hold, fired from here when due (the
+        schedules are the durable fallback: the server fires them too, and the
+        runtime drops the duplicate)."""
+        self._acks: dict[str, list[tuple[int, str]]] = {}
+        """Per address: consumer messages (stream seq, ack subject) not acked yet."""
+        self._live: dict[str, set[str]] = {}
+        """Per address: runs of this process that need it (see `_needs_process`)."""
+        self._consumers: dict[int, asyncio.Task[None]] = {}
+        self._watches: dict[str, tuple[int, Any]] = {}
+        """Per address tailed here: (tails, core subscription to its `.ev` subject)."""
         self._background = Background("wakeful-jetstream-store")
-        self._tail_subs: Any = None
-        self._feed_task: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -147,37 +209,213 @@ class JetStreamStore(AsyncResource):
             await nc.close()
             raise
         self._nc = nc
-        self._signals = signals = Signals()
-
-        async def on_event(msg: Msg) -> None:
-            try:
-                address = Layout.address_of(msg.subject)
-            except ValueError:
-                return
-            if msg.subject.endswith(".ev"):
-                signals.committed(address)
-            elif msg.subject.endswith((".in", ".wake")):
-                signals.wake(address)
-
-        # Hints from other processes (and from timers the server fires): every read
-        # goes to the stream, so a hint for a publish that failed its guard, or one
-        # that arrives before its batch committed, costs a read. Our own commits and
-        # sends signal after their ack.
-        self._tail_subs = await nc.subscribe("wk.*.*.*.*", cb=on_event)
-        await self._load_timers()
-        await self._repair_run_index()
-        await self._scan_inboxes()
-        await self._background.start(self._timer_loop)
+        self._signals = Signals()
+        if self.ownership == "leases":
+            self._leases = Leases(
+                nc,
+                self.stream,
+                self.layout.partitions,
+                self.worker,
+                ttl=self.lease_ttl,
+                drain_timeout=self.drain_timeout,
+                acquired=self._acquire,
+                released=self._release,
+                busy=self._busy,
+                timeout=self.timeout,
+            )
+            await self._leases.tick()  # our first share, before the runtime starts
+            await self._background.start(self._timer_loop, self._leases.run)
+        else:
+            for p in range(self.layout.partitions):
+                self._all.add(p)
+                await self._acquire(p)
+            await self._background.start(self._timer_loop)
 
     async def close(self) -> None:
-        nc, self._nc = self._nc, None
+        nc = self._nc
         if nc is None:
             return
         if self._signals is not None:
             self._signals.close()
         await self._background.stop()
+        for task in self._consumers.values():
+            task.cancel()
+        await asyncio.gather(*self._consumers.values(), return_exceptions=True)
+        self._consumers.clear()
+        if self._leases is not None and nc.is_connected:
+            try:  # hand our partitions back now rather than after their TTL
+                async with asyncio.timeout(self.timeout):
+                    await self._leases.release_all()
+            except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
+                log.warning("could not release leases at close: %r", exc)
+        self._nc = None
         self._signals = None
+        self._leases = None
         await nc.close()
+
+    # -- partitions ----------------------------------------------------------------
+
+    def _serving(self) -> set[int]:
+        return self._leases.serving if self._leases is not None else self._all
+
+    def _held(self, p: int) -> bool:
+        return p in self._leases.held if self._leases is not None else p in self._all
+
+    def owns(self, address: str) -> bool:
+        """Whether this process serves `address` now (holds its partition)."""
+        return self._held(self.layout.partition_of(address))
+
+    def _busy(self, p: int) -> bool:
+        layout = self.layout
+        return any(runs and layout.partition_of(a) == p for a, runs in self._live.items())
+
+    def _consumer(self, p: int) -> str:
+        return f"wk_p{p}"
+
+    async def _acquire(self, p: int) -> None:
+        """Start serving partition `p`: its wake consumer, its timers, the runs its last
+        holder left unfinished, and the messages that holder had but never accepted."""
+        js = self._conn().jetstream()
+        name = self._consumer(p)
+        try:
+            info = await js.consumer_info(self.stream, name)
+        except nats.js.errors.NotFoundError:
+            info = await js.add_consumer(
+                self.stream,
+                durable_name=name,
+                filter_subjects=self.layout.partition_inboxes(p),
+                ack_policy=api.AckPolicy.EXPLICIT,
+                ack_wait=ACK_WAIT,
+                max_deliver=-1,
+                max_ack_pending=-1,
+                deliver_policy=api.DeliverPolicy.ALL,
+            )
+        self._consumers[p] = asyncio.create_task(self._consume(p), name=f"wakeful-{name}")
+        await self._load_timers(p)
+        await self._scan_partition(p)
+        floor = info.ack_floor.stream_seq if info.ack_floor else 0
+        delivered = info.delivered.stream_seq if info.delivered else 0
+        if delivered > floor:
+            for subject in self.layout.partition_inboxes(p):
+                for msg in await self._scan(subject, floor + 1, None, upto=delivered):
+                    h = msg.headers or {}
+                    self._hint(Layout.address_of(h["Nats-Subject"]), int(h["Nats-Sequence"]))
+
+    async def _release(self, p: int) -> None:
+        """Stop serving partition `p` (handed back or lost): forget its wakes and timers;
+        its unacked consumer messages go to the next holder."""
+        task = self._consumers.pop(p, None)
+        if task is not None:
+            task.cancel()
+        layout = self.layout
+        for table in (self._acks, self._inbox_last, self._live):
+            for address in [a for a in table if layout.partition_of(a) == p]:
+                del table[address]
+        for key in [k for k in self._timers if layout.partition_of(k[0]) == p]:
+            del self._timers[key]
+
+    async def _consume(self, p: int) -> None:
+        """Pull the partition's wake consumer: each message is a hint for its entity."""
+        nc = self._conn()
+        inbox = nc.new_inbox()
+        refill = asyncio.Event()
+        received = 0
+
+        async def on_msg(msg: Msg) -> None:
+            nonlocal received
+            if (msg.headers or {}).get("Status"):
+                return  # 404/408 no messages or request expired, 409 leader change...
+            received += 1
+            if received >= PULL_BATCH // 2:
+                received = 0
+                refill.set()
+            await self._delivered_hint(p, msg)
+
+        sub = await nc.subscribe(inbox, cb=on_msg)
+        request = _json.encode({"batch": PULL_BATCH, "expires": int(PULL_EXPIRES * 1e9)})
+        subject = f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{self._consumer(p)}"
+        try:
+            while True:
+                refill.clear()
+                try:
+                    await nc.publish(subject, request, reply=inbox)
+                except nats.errors.Error as exc:
+                    log.debug("pull request for partition %d failed: %r", p, exc)
+                try:
+                    async with asyncio.timeout(PULL_EXPIRES * 0.9):
+                        await refill.wait()
+                except TimeoutError:
+                    pass
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+
+    async def _delivered_hint(self, p: int, msg: Msg) -> None:
+        try:
+            seq = msg.metadata.sequence.stream
+            address = Layout.address_of(msg.subject)
+        except (ValueError, AttributeError):
+            return
+        head = self._heads.get(address)
+        if head is not None and seq <= head.cursor:
+            await self._ack(msg.reply)  # accepted already (a redelivery)
+            return
+        if p not in self._serving() and not self._live.get(address):
+            return  # handing back: left unacked for the next holder
+        self._acks.setdefault(address, []).append((seq, msg.reply))
+        self._hint(address, seq)
+
+    def _hint(self, address: str, seq: int) -> None:
+        self._inbox_last[address] = max(self._inbox_last.get(address, 0), seq)
+        self._sig().wake(address)
+
+    async def _ack(self, reply: str) -> None:
+        """Ack a consumer message (a plain publish; one lost is redelivered: a spare wake)."""
+        nc = self._nc
+        if nc is not None and reply:
+            try:
+                await nc.publish(reply, b"+ACK")
+            except nats.errors.Error as exc:
+                log.debug("ack to %s failed: %r", reply, exc)
+
+    async def _ack_through(self, address: str, cursor: int) -> None:
+        pending = self._acks.get(address)
+        if not pending:
+            return
+        keep = []
+        for seq, reply in pending:
+            if seq <= cursor:
+                await self._ack(reply)
+            else:
+                keep.append((seq, reply))
+        if keep:
+            self._acks[address] = keep
+        else:
+            del self._acks[address]
+
+    async def _scan_partition(self, p: int) -> None:
+        """The last commit of each entity of partition `p`: cache its head, repair the run
+        index update a crash can have lost after it, and wake entities whose unfinished
+        runs lived in the last holder's process. One request per entity: O(entities
+        of the partition) at each takeover."""
+        js = self._conn().jetstream()
+        info = await js.stream_info(self.stream, subjects_filter=f"{PREFIX}.{p}.*.*.ev")
+        limit = asyncio.Semaphore(SCAN_CONCURRENCY)
+
+        async def one(subject: str) -> None:
+            async with limit:
+                msg = await self._last(subject)
+                if msg is None:
+                    return
+                address = Layout.address_of(subject)
+                head = self._heads[address] = _head_of(msg)
+                raw = (msg.headers or {}).get("Wk-Runs")
+                if raw:
+                    await self._repair_index(_runs_decoder.decode(raw), head.stream_seq)
+                if any(_needs_process(s, m) for s, m in head.open.values()):
+                    self._sig().wake(address)
+
+        await asyncio.gather(*(one(s) for s in info.state.subjects or {}))
 
     def _conn(self) -> Client:
         if self._nc is None:
@@ -194,34 +432,19 @@ class JetStreamStore(AsyncResource):
     # -- raw API ------------------------------------------------------------------
 
     async def _direct(self, request: dict[str, Any]) -> list[Msg]:
-        """A direct get; a batch request returns every reply up to its end marker."""
-        nc = self._conn()
-        inbox = nc.new_inbox()
-        sub = await nc.subscribe(inbox)
-        try:
-            await nc.publish(
-                f"$JS.API.DIRECT.GET.{self.stream}", _json.encode(request), reply=inbox
-            )
-            out: list[Msg] = []
-            while True:
-                msg = await sub.next_msg(timeout=self.timeout)
-                status = (msg.headers or {}).get("Status")
-                if status in ("204", "404"):
-                    return out
-                if status:
-                    raise WakefulError(f"direct get failed: {status} {msg.headers}")
-                out.append(msg)
-                if "batch" not in request:
-                    return out
-        finally:
-            await sub.unsubscribe()
+        return await direct_get(self._conn(), self.stream, request, self.timeout)
 
-    async def _scan(self, subject: str, start: int, limit: int | None) -> list[Msg]:
-        """Messages on `subject` (wildcards allowed) with stream seq >= start."""
+    async def _scan(
+        self, subject: str, start: int, limit: int | None, upto: int | None = None
+    ) -> list[Msg]:
+        """Messages on `subject` (wildcards allowed) with start <= stream seq (<= upto)."""
         out: list[Msg] = []
         seq = max(1, start)
         while limit is None or len(out) < limit:
-            batch = await self._direct({"seq": seq, "next_by_subj": subject, "batch": DIRECT_BATCH})
+            request: dict[str, Any] = {"seq": seq, "next_by_subj": subject, "batch": DIRECT_BATCH}
+            if upto is not None:
+                request["up_to_seq"] = upto
+            batch = await self._direct(request)
             out.extend(batch)
             if len(batch) < DIRECT_BATCH:
                 break
@@ -236,13 +459,7 @@ class JetStreamStore(AsyncResource):
         head = None if fresh else self._heads.get(address)
         if head is None:
             msg = await self._last(self.layout.events(address))
-            if msg is None:
-                head = _Head(0, 0, 0)
-            else:
-                h = msg.headers or {}
-                head = _Head(
-                    int(h["Nats-Sequence"]), int(h["Wk-Seq"]), int(h.get("Wk-Consumed", 0))
-                )
+            head = _Head(0, 0, 0) if msg is None else _head_of(msg)
             self._heads[address] = head
         return head
 
@@ -317,11 +534,19 @@ class JetStreamStore(AsyncResource):
             "Wk-Seq": str(seq),
             "Wk-Consumed": str(cursor),
         }
+        opened = dict(head.open)
         if commit.runs:
             # The run index is written after the commit (one publish per record, not
-            # an atomic batch); the records ride in the log too, so `open` can repair
-            # an index update lost to a crash between the two.
+            # an atomic batch); the records ride in the log too, so the next holder of
+            # the partition can repair an index update lost to a crash between the two.
             headers["Wk-Runs"] = _json.encode(commit.runs).decode()
+            for record in commit.runs:
+                if record.status in ACTIVE:
+                    opened[record.run] = (record.status, record.mode)
+                else:
+                    opened.pop(record.run, None)
+        if opened:
+            headers["Wk-Open"] = _json.encode(opened).decode()
         messages = [(layout.events(address), _json.encode(rows), headers)]
         keyed: list[tuple[str, str]] = []
         for env in commit.outbox:
@@ -348,20 +573,28 @@ class JetStreamStore(AsyncResource):
             first = await self._publish_one(*messages[0])
         else:
             first = await self._publish_batch(messages)
-        self._heads[address] = _Head(first, seq, cursor)
+        self._heads[address] = _Head(first, seq, cursor, opened)
+        await self._ack_through(address, cursor)
         signals = self._sig()
         if rows:
             signals.committed(address)
         for offset, env_address in self._delivered(messages, first):
-            self._inbox_last[env_address] = max(self._inbox_last.get(env_address, 0), offset)
-            signals.wake(env_address)
+            if self.owns(env_address):
+                self._hint(env_address, offset)
         for name in commit.cancel_timers:
             self._timers.pop((address, name), None)
-        for arm in commit.timers:
-            self._timers[(address, arm.name)] = arm
+        if self.owns(address):
+            for arm in commit.timers:
+                self._timers[(address, arm.name)] = arm
         if commit.timers or commit.cancel_timers:
             signals.timers_changed()
-        await self._index_runs(commit.runs)
+        if commit.runs:
+            live = {r for r, (st, mode) in opened.items() if _needs_process(st, mode)}
+            if live:
+                self._live[address] = live
+            else:
+                self._live.pop(address, None)
+            await self._index_runs(commit.runs, first)
         return [
             Event(
                 _event_offset(first, i),
@@ -427,8 +660,8 @@ class JetStreamStore(AsyncResource):
                 existing = await self._last(key_subject)  # a concurrent send won
                 assert existing is not None
                 return f"{int(existing.headers['Nats-Sequence']) - 1:0{SEQ_WIDTH}d}"  # type: ignore[index]
-        self._inbox_last[address] = max(self._inbox_last.get(address, 0), seq)
-        self._sig().wake(address)
+        if self.owns(address):
+            self._hint(address, seq)
         return f"{seq:0{SEQ_WIDTH}d}"
 
     async def save_snapshot(self, address: str, snapshot: Snapshot) -> None:
@@ -492,7 +725,37 @@ class JetStreamStore(AsyncResource):
 
     def tail(self, address: str, after: str | None = None) -> AsyncIterator[Event]:
         _parse_event_offset(after)
-        return tail_events(self.read, self._sig(), address, after, self.poll)
+        self.layout.events(address)  # InvalidAddress now, not at the first step
+        return self._tail(address, after)
+
+    async def _tail(self, address: str, after: str | None) -> AsyncIterator[Event]:
+        """`tail_events`, woken by our own commits and, through a core subscription to
+        the entity's `.ev` subject held while someone tails it, by other processes'."""
+        await self._watch(address)
+        try:
+            async for event in tail_events(self.read, self._sig(), address, after, self.poll):
+                yield event
+        finally:
+            await self._unwatch(address)
+
+    async def _watch(self, address: str) -> None:
+        count, sub = self._watches.get(address, (0, None))
+        if sub is None:
+            signals = self._sig()
+
+            async def on_commit(msg: Msg) -> None:
+                signals.committed(address)
+
+            sub = await self._conn().subscribe(self.layout.events(address), cb=on_commit)
+        self._watches[address] = (count + 1, sub)
+
+    async def _unwatch(self, address: str) -> None:
+        count, sub = self._watches.pop(address, (0, None))
+        if count > 1:
+            self._watches[address] = (count - 1, sub)
+        elif sub is not None and self._nc is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
 
     async def inbox(
         self, address: str, after: str | None = None, limit: int | None = None
@@ -514,6 +777,7 @@ class JetStreamStore(AsyncResource):
             )
             if limit is not None and len(items) >= limit:
                 break
+        await self._ack_through(address, head.cursor)
         return items
 
     async def entities(self, type: str, after: str | None = None, limit: int = 100) -> list[str]:
@@ -549,48 +813,51 @@ class JetStreamStore(AsyncResource):
             if last > (await self._head(address)).cursor
         ]
 
-    async def _index_runs(self, records: list[RunRecord]) -> None:
+    async def _index_runs(self, records: list[RunRecord], commit_seq: int) -> None:
         """Publish the run index records of a commit, right after it (acked, so a read
-        that follows sees them); one lost to a crash in between is written again by
-        `_repair_run_index` when the store opens."""
+        that follows sees them). `Wk-Ev` names the commit they come from; one lost to a
+        crash in between is written again by the partition's next holder."""
         for record in records:
             await self._publish_one(
-                f"wk.runs.{record.run}", _json.encode(record), {"Nats-Rollup": "sub"}
+                f"{PREFIX}.runs.{record.run}",
+                _json.encode(record),
+                {"Nats-Rollup": "sub", "Wk-Ev": str(commit_seq)},
             )
 
-    async def _repair_run_index(self) -> None:
-        """Write again the run records of each entity's last commit: the only index
-        update a crash can have lost (it comes right after its commit)."""
-        js = self._conn().jetstream()
-        info = await js.stream_info(self.stream, subjects_filter="wk.*.*.*.ev")
-        for subject in info.state.subjects or {}:
-            head = await self._last(subject)
-            raw = (head.headers or {}).get("Wk-Runs") if head is not None else None
-            if raw:
-                await self._index_runs(_runs_decoder.decode(raw))
-
-    async def _scan_inboxes(self) -> None:
-        """Find every entity with unconsumed inbox messages (at open, so that `pending`
-        and the wake feed know them from the start). One stream-info request per
-        subject kind plus one read per entity: fine for now; the per-partition
-        consumers of issue 4 replace it."""
-        js = self._conn().jetstream()
-        for suffix in ("in", "wake"):
-            info = await js.stream_info(self.stream, subjects_filter=f"wk.*.*.*.{suffix}")
-            for subject in info.state.subjects or {}:
-                address = Layout.address_of(subject)
-                items = await self.inbox(address)
-                if items:
-                    last = int(items[-1].offset)
-                    self._inbox_last[address] = max(self._inbox_last.get(address, 0), last)
+    async def _repair_index(self, records: list[RunRecord], commit_seq: int) -> None:
+        """Write the records of an entity's last commit where the index has an older one
+        (or none); guarded, so a newer record written meanwhile is never overwritten."""
+        for record in records:
+            subject = f"{PREFIX}.runs.{record.run}"
+            current = await self._last(subject)
+            if current is not None:
+                h = current.headers or {}
+                if int(h.get("Wk-Ev", 0)) >= commit_seq:
+                    continue
+                expected = int(h["Nats-Sequence"])
+            else:
+                expected = 0
+            try:
+                await self._publish_one(
+                    subject,
+                    _json.encode(record),
+                    {
+                        "Nats-Rollup": "sub",
+                        "Wk-Ev": str(commit_seq),
+                        "Nats-Expected-Last-Subject-Sequence": str(expected),
+                    },
+                )
+            except _BatchError as exc:
+                if exc.err_code not in CONFLICT_CODES:
+                    raise
 
     # -- timers ------------------------------------------------------------------
 
-    async def _load_timers(self) -> None:
-        """Armed timers from the stream: the last message of each timer subject that is
-        still a schedule."""
+    async def _load_timers(self, p: int) -> None:
+        """Armed timers of partition `p`: the last message of each of its timer subjects
+        that is still a schedule."""
         js = self._conn().jetstream()
-        info = await js.stream_info(self.stream, subjects_filter="wk.*.*.*.tmr.*")
+        info = await js.stream_info(self.stream, subjects_filter=f"{PREFIX}.{p}.*.*.tmr.*")
         for subject in info.state.subjects or {}:
             msg = await self._last(subject)
             if msg is None or not (msg.headers or {}).get("Nats-Schedule"):
@@ -600,6 +867,7 @@ class JetStreamStore(AsyncResource):
             due = dt.datetime.fromisoformat(at).timestamp()
             arm = TimerArm(env.name or "", due, env.payload, env.generation)
             self._timers[(env.address, arm.name)] = arm
+        self._sig().timers_changed()
 
     async def _timer_loop(self) -> None:
         await run_timers(self._next_due, self._fire_due, self._sig(), self.poll)
@@ -620,7 +888,8 @@ class JetStreamStore(AsyncResource):
                 name=name,
                 generation=arm.generation,
             )
-            await self._publish_one(self.layout.wake(address), _json.encode(env), {})
+            seq = await self._publish_one(self.layout.wake(address), _json.encode(env), {})
+            self._hint(address, seq)
             if self._timers.get((address, name)) is arm:
                 del self._timers[(address, name)]
             fired.append(address)
@@ -629,7 +898,7 @@ class JetStreamStore(AsyncResource):
     # -- run index (a subject per run; newest record wins) ---------------------------------
 
     async def run(self, run: str) -> RunRecord | None:
-        msg = await self._last(f"wk.runs.{run}")
+        msg = await self._last(f"{PREFIX}.runs.{run}")
         return None if msg is None else _run_decoder.decode(msg.data)
 
     async def runs(

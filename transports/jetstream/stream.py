@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js import api
 
 from wakeful.runtime.errors import WakefulError
@@ -22,6 +24,7 @@ from .subjects import PREFIX
 
 MIN_SERVER = (2, 12, 0)
 SUBJECTS = [f"{PREFIX}.>"]
+_json = msgspec.json.Encoder()
 REQUIRED_FLAGS = ("allow_atomic", "allow_msg_schedules", "allow_msg_ttl", "allow_direct")
 
 
@@ -110,3 +113,26 @@ async def ensure_stream(nc: Client, name: str, replicas: int, storage: str) -> a
             + ". Edit the stream to match, delete it, or give JetStreamStore another stream name"
         )
     return info
+
+
+async def direct_get(nc: Client, stream: str, request: dict[str, Any], timeout: float) -> list[Msg]:
+    """A direct get (`allow_direct`); a batch or multi-last request returns every reply
+    up to the server's end marker (status 204)."""
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    many = "batch" in request or "multi_last" in request
+    try:
+        await nc.publish(f"$JS.API.DIRECT.GET.{stream}", _json.encode(request), reply=inbox)
+        out: list[Msg] = []
+        while True:
+            msg = await sub.next_msg(timeout=timeout)
+            status = (msg.headers or {}).get("Status")
+            if status in ("204", "404"):
+                return out
+            if status:
+                raise WakefulError(f"direct get failed: {status} {msg.headers}")
+            out.append(msg)
+            if not many:
+                return out
+    finally:
+        await sub.unsubscribe()

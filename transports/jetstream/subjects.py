@@ -64,6 +64,10 @@ class Layout:
             raise ValueError(f"partitions must be at least 1, got {partitions}")
         self.partitions = partitions
 
+    def partition_of(self, address: str) -> int:
+        type, id = parse_address(address)
+        return partition(type, id, self.partitions)
+
     def base(self, address: str) -> str:
         type, id = parse_address(address)
         return f"{PREFIX}.{partition(type, id, self.partitions)}.{type}.{escape(id)}"
