@@ -24,8 +24,8 @@ import hashlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Collection
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from typing import Any, TypeVar
 
 import msgspec
 import nats
@@ -65,6 +65,16 @@ ACK_WAIT = 30.0
 SCAN_CONCURRENCY = 32
 
 log = logging.getLogger("wakeful.jetstream")
+T = TypeVar("T")
+TRANSIENT = (
+    nats.errors.TimeoutError,
+    nats.errors.NoRespondersError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.StaleConnectionError,
+    nats.js.errors.NoStreamResponseError,
+)
+"""Errors after which a request may succeed if sent again (the server is electing a
+leader, or the client is reconnecting)."""
 
 _json = msgspec.json.Encoder()
 _env_decoder = msgspec.json.Decoder(Envelope)
@@ -85,9 +95,13 @@ _open_decoder = msgspec.json.Decoder(dict[str, tuple[str, str]])
 
 def _head_of(msg: Msg) -> _Head:
     h = msg.headers or {}
+    return _head_from(h, int(h["Nats-Sequence"]))
+
+
+def _head_from(h: dict[str, str], stream_seq: int) -> _Head:
     raw = h.get("Wk-Open")
     return _Head(
-        int(h["Nats-Sequence"]),
+        stream_seq,
         int(h["Wk-Seq"]),
         int(h.get("Wk-Consumed", 0)),
         _open_decoder.decode(raw) if raw else {},
@@ -131,6 +145,18 @@ def _parse_stamp(stamp: str) -> float:
     return seconds + (float("0." + fraction) if fraction else 0.0)
 
 
+async def _connection_error(exc: Exception) -> None:
+    log.warning("NATS connection: %r", exc)
+
+
+async def _disconnected() -> None:
+    log.warning("NATS connection lost; reconnecting (writes wait and retry)")
+
+
+async def _reconnected() -> None:
+    log.warning("NATS connection back")
+
+
 class _BatchError(WakefulError):
     def __init__(self, code: int, err_code: int, description: str) -> None:
         super().__init__(f"{description} (err_code {err_code})")
@@ -144,7 +170,8 @@ class JetStreamStore(AsyncResource):
     `ownership="leases"` (default): the workers share the partitions evenly
     through leases with a `lease_ttl` (a dead worker's partitions are taken over
     within about `lease_ttl` + `lease_ttl`/3); `ownership="all"`: this process
-    serves every partition, without leases.
+    serves every partition, without leases; `ownership="none"`: it serves none
+    (a process that only sends and reads, such as an API front end).
     """
 
     recovers_runs = True
@@ -159,13 +186,14 @@ class JetStreamStore(AsyncResource):
         storage: str = "file",
         poll: float = 1.0,
         request_timeout: float = 5.0,
+        retry_for: float = 30.0,
         ownership: str = "leases",
         lease_ttl: float = 5.0,
         drain_timeout: float = 30.0,
         worker: str | None = None,
     ) -> None:
-        if ownership not in ("leases", "all"):
-            raise ValueError(f"ownership={ownership!r}; use 'leases' or 'all'")
+        if ownership not in ("leases", "all", "none"):
+            raise ValueError(f"ownership={ownership!r}; use 'leases', 'all' or 'none'")
         self.servers = servers
         self.stream = stream
         self.layout = Layout(partitions)
@@ -173,6 +201,7 @@ class JetStreamStore(AsyncResource):
         self.storage = storage
         self.poll = poll
         self.timeout = request_timeout
+        self.retry_for = retry_for
         self.ownership = ownership
         self.lease_ttl = lease_ttl
         self.drain_timeout = drain_timeout
@@ -202,7 +231,14 @@ class JetStreamStore(AsyncResource):
     async def open(self) -> None:
         if self._nc is not None:
             return
-        nc = await nats.connect(self.servers, max_reconnect_attempts=-1)
+        nc = await nats.connect(
+            self.servers,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.25,
+            error_cb=_connection_error,
+            disconnected_cb=_disconnected,
+            reconnected_cb=_reconnected,
+        )
         try:
             await ensure_stream(nc, self.stream, self.replicas, self.storage)
         except BaseException:
@@ -226,9 +262,10 @@ class JetStreamStore(AsyncResource):
             await self._leases.tick()  # our first share, before the runtime starts
             await self._background.start(self._timer_loop, self._leases.run)
         else:
-            for p in range(self.layout.partitions):
-                self._all.add(p)
-                await self._acquire(p)
+            if self.ownership == "all":
+                for p in range(self.layout.partitions):
+                    self._all.add(p)
+                    await self._acquire(p)
             await self._background.start(self._timer_loop)
 
     async def close(self) -> None:
@@ -251,9 +288,15 @@ class JetStreamStore(AsyncResource):
         self._nc = None
         self._signals = None
         self._leases = None
+        self._all.clear()
         await nc.close()
 
     # -- partitions ----------------------------------------------------------------
+
+    def held_partitions(self) -> list[int]:
+        """The partitions this process holds now (serving or handing back)."""
+        held = self._leases.held if self._leases is not None else self._all
+        return sorted(held)
 
     def _serving(self) -> set[int]:
         return self._leases.serving if self._leases is not None else self._all
@@ -408,7 +451,7 @@ class JetStreamStore(AsyncResource):
                 if msg is None:
                     return
                 address = Layout.address_of(subject)
-                head = self._heads[address] = _head_of(msg)
+                head = _head_of(msg)  # not cached: a direct get may come from a follower
                 raw = (msg.headers or {}).get("Wk-Runs")
                 if raw:
                     await self._repair_index(_runs_decoder.decode(raw), head.stream_seq)
@@ -431,8 +474,35 @@ class JetStreamStore(AsyncResource):
 
     # -- raw API ------------------------------------------------------------------
 
+    async def _retrying(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
+        """`op`, tried again while the server does not answer (a leader election, a
+        reconnect) for up to `retry_for` seconds. Only for operations that are safe to
+        repeat: reads, and writes whose guard or msg id makes a second landing
+        impossible."""
+        deadline = time.monotonic() + self.retry_for
+        delay = 0.05
+        while True:
+            try:
+                return await op()
+            except _BatchError as exc:
+                if exc.code != 503:  # 503: JetStream has no leader for the stream yet
+                    raise
+                failure: Exception = exc
+            except TRANSIENT as exc:
+                failure = exc
+            if time.monotonic() + delay > deadline:
+                raise WakefulError(
+                    f"{what}: no answer from JetStream within {self.retry_for}s: {failure!r}"
+                ) from failure
+            log.info("%s: %r; trying again in %.2fs", what, failure, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
     async def _direct(self, request: dict[str, Any]) -> list[Msg]:
-        return await direct_get(self._conn(), self.stream, request, self.timeout)
+        nc = self._conn()
+        return await self._retrying(
+            "read", lambda: direct_get(nc, self.stream, request, self.timeout)
+        )
 
     async def _scan(
         self, subject: str, start: int, limit: int | None, upto: int | None = None
@@ -456,15 +526,41 @@ class JetStreamStore(AsyncResource):
         return found[0] if found else None
 
     async def _head(self, address: str, fresh: bool = False) -> _Head:
+        """The entity's head: cached, or read from the stream leader (a direct get may
+        be answered by a follower that is behind, and a head older than the events a
+        caller folded would hand it inbox messages those events already consumed).
+
+        The cache only moves forward: our commits, `read` (`_saw`) and leader reads
+        set it; anything that may have moved it without us (a commit whose answer was
+        lost, a newer snapshot) drops it."""
         head = None if fresh else self._heads.get(address)
         if head is None:
-            msg = await self._last(self.layout.events(address))
-            head = _Head(0, 0, 0) if msg is None else _head_of(msg)
-            self._heads[address] = head
+            found = await self._leader_last(self.layout.events(address))
+            head = _Head(0, 0, 0) if found is None else _head_from(found[1], found[0])
+            cached = self._heads.get(address)
+            if cached is None or cached.stream_seq <= head.stream_seq:
+                self._heads[address] = head
         return head
 
+    async def _leader_last(self, subject: str) -> tuple[int, dict[str, str]] | None:
+        """The last message on `subject` read through the stream leader: (seq, headers)."""
+        js = self._conn().jetstream()
+
+        async def once() -> tuple[int, dict[str, str]] | None:
+            try:
+                msg = await js.get_last_msg(self.stream, subject)
+            except nats.js.errors.NotFoundError:
+                return None
+            return int(msg.seq or 0), dict(msg.headers or {})
+
+        return await self._retrying(f"read of {subject}", once)
+
     async def _publish_batch(self, messages: list[tuple[str, bytes, dict[str, str]]]) -> int:
-        """One atomic batch; returns the stream seq of its first message."""
+        """One atomic batch; returns the stream seq of its first message. Sent again
+        when unanswered: only for batches whose first message is guarded."""
+        return await self._retrying("atomic batch", lambda: self._batch_once(messages))
+
+    async def _batch_once(self, messages: list[tuple[str, bytes, dict[str, str]]]) -> int:
         nc = self._conn()
         batch = uuid.uuid4().hex
         n = len(messages)
@@ -485,12 +581,18 @@ class JetStreamStore(AsyncResource):
         raise AssertionError("empty batch")
 
     async def _publish_one(self, subject: str, body: bytes, headers: dict[str, str]) -> int:
+        """One acked publish, sent again when unanswered: only for messages that are
+        guarded, carry a msg id, or replace themselves (rollups)."""
         js = self._conn().jetstream()
-        try:
-            ack = await js.publish(subject, body, timeout=self.timeout, headers=headers)
-        except nats.js.errors.APIError as exc:
-            raise _BatchError(exc.code or 0, exc.err_code or 0, exc.description or "") from exc
-        return int(ack.seq)
+
+        async def once() -> int:
+            try:
+                ack = await js.publish(subject, body, timeout=self.timeout, headers=headers)
+            except nats.js.errors.APIError as exc:
+                raise _BatchError(exc.code or 0, exc.err_code or 0, exc.description or "") from exc
+            return int(ack.seq)
+
+        return await self._retrying(f"publish to {subject}", once)
 
     # -- commit -----------------------------------------------------------------------
 
@@ -516,9 +618,14 @@ class JetStreamStore(AsyncResource):
             try:
                 return await self._commit_once(commit, head, rows, consumed)
             except _BatchError as exc:
+                self._heads.pop(address, None)
                 if exc.err_code not in CONFLICT_CODES:
                     raise WakefulError(f"{address}: commit refused by JetStream: {exc}") from exc
+            except BaseException:
+                # Unknown outcome (no answer in time): forget the head, so that nothing
+                # (an inbox read, `pending`) trusts a cursor the commit may have moved.
                 self._heads.pop(address, None)
+                raise
         head = await self._head(address, fresh=True)
         raise ConcurrencyError(address, commit.expected, head.seq)
 
@@ -529,10 +636,12 @@ class JetStreamStore(AsyncResource):
         layout = self.layout
         seq = commit.expected + len(rows)
         cursor = max([head.cursor, *consumed])
+        commit_id = uuid.uuid4().hex[:20]
         headers = {
             "Nats-Expected-Last-Subject-Sequence": str(head.stream_seq),
             "Wk-Seq": str(seq),
             "Wk-Consumed": str(cursor),
+            "Wk-Commit": commit_id,
         }
         opened = dict(head.open)
         if commit.runs:
@@ -569,10 +678,20 @@ class JetStreamStore(AsyncResource):
                     {"Nats-Schedule": f"@at {due}", "Nats-Schedule-Target": layout.wake(address)},
                 )
             )
-        if len(messages) == 1:
-            first = await self._publish_one(*messages[0])
-        else:
-            first = await self._publish_batch(messages)
+        try:
+            if len(messages) == 1:
+                first = await self._publish_one(*messages[0])
+            else:
+                first = await self._publish_batch(messages)
+        except _BatchError as exc:
+            # A conflict right after a try whose answer was lost may be our own commit:
+            # it landed the first time, and its guard refused the second.
+            if exc.err_code not in CONFLICT_CODES:
+                raise
+            landed = await self._landed(address, commit_id)
+            if landed is None:
+                raise
+            first = landed
         self._heads[address] = _Head(first, seq, cursor, opened)
         await self._ack_through(address, cursor)
         signals = self._sig()
@@ -606,6 +725,11 @@ class JetStreamStore(AsyncResource):
             )
             for i, (kind, at, run, data) in enumerate(rows)
         ]
+
+    async def _landed(self, address: str, commit_id: str) -> int | None:
+        """The stream seq of the commit `commit_id` if it is the entity's last one."""
+        found = await self._leader_last(self.layout.events(address))
+        return found[0] if found is not None and found[1].get("Wk-Commit") == commit_id else None
 
     def _delivered(
         self, messages: list[tuple[str, bytes, dict[str, str]]], first: int
@@ -641,7 +765,11 @@ class JetStreamStore(AsyncResource):
         address = envelope.address
         parse_address(address)
         if envelope.key is None:
-            seq = await self._publish_one(self.layout.inbox(address), _json.encode(envelope), {})
+            seq = await self._publish_one(
+                self.layout.inbox(address),
+                _json.encode(envelope),
+                {"Nats-Msg-Id": uuid.uuid4().hex},  # a retry after a lost answer is dropped
+            )
         else:
             key_subject = self._key_subject(address, envelope.key)
             existing = await self._last(key_subject)
@@ -682,7 +810,11 @@ class JetStreamStore(AsyncResource):
         if msg is None:
             return None
         h = msg.headers or {}
-        return Snapshot(int(h["Wk-Seq"]), bytes(msg.data), h.get("Wk-Offset", ""))
+        snapshot = Snapshot(int(h["Wk-Seq"]), bytes(msg.data), h.get("Wk-Offset", ""))
+        cached = self._heads.get(address)
+        if cached is not None and cached.seq < snapshot.seq:
+            del self._heads[address]  # written by another worker after our last look
+        return snapshot
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -701,6 +833,7 @@ class JetStreamStore(AsyncResource):
             for msg in messages:
                 h = msg.headers or {}
                 stream_seq = int(h["Nats-Sequence"])
+                self._saw(address, msg)
                 rows = _raw_events.decode(msg.data)
                 first = int(h["Wk-Seq"]) - len(rows) + 1
                 for i, (kind, at, run, data) in enumerate(rows):
@@ -722,6 +855,14 @@ class JetStreamStore(AsyncResource):
                 return out
             seq = int(messages[-1].headers["Nats-Sequence"]) + 1  # type: ignore[index]
         return out
+
+    def _saw(self, address: str, msg: Msg) -> None:
+        """Keep the cached head at least as new as any commit a caller has read: whoever
+        folds the events read here and then reads the inbox must get a cursor that
+        covers what those events consumed."""
+        cached = self._heads.get(address)
+        if cached is None or int(msg.headers["Nats-Sequence"]) > cached.stream_seq:  # type: ignore[index]
+            self._heads[address] = _head_of(msg)
 
     def tail(self, address: str, after: str | None = None) -> AsyncIterator[Event]:
         _parse_event_offset(after)
@@ -763,6 +904,20 @@ class JetStreamStore(AsyncResource):
         self._conn()
         head = await self._head(address)
         start = max(head.cursor, _parse_inbox_offset(after)) + 1
+        known = self._inbox_last.get(address, 0)
+        for _ in range(50):
+            items = await self._inbox_from(address, start, limit)
+            last = int(items[-1].offset) if items else 0
+            full = limit is not None and len(items) >= limit
+            if full or known < start or last >= known:
+                break
+            # We know of a message this read did not see: a direct get answered by a
+            # replica that is behind the leader (R3). Ask again in a moment.
+            await asyncio.sleep(0.02)
+        await self._ack_through(address, head.cursor)
+        return items
+
+    async def _inbox_from(self, address: str, start: int, limit: int | None) -> list[InboxItem]:
         items: list[InboxItem] = []
         for msg in await self._scan(self.layout.base(address) + ".*", start, None):
             h = msg.headers or {}
@@ -777,7 +932,6 @@ class JetStreamStore(AsyncResource):
             )
             if limit is not None and len(items) >= limit:
                 break
-        await self._ack_through(address, head.cursor)
         return items
 
     async def entities(self, type: str, after: str | None = None, limit: int = 100) -> list[str]:

@@ -129,6 +129,8 @@ async def direct_get(nc: Client, stream: str, request: dict[str, Any], timeout: 
             status = (msg.headers or {}).get("Status")
             if status in ("204", "404"):
                 return out
+            if status == "503":  # no replica can answer now (an election): try again
+                raise nats.errors.NoRespondersError
             if status:
                 raise WakefulError(f"direct get failed: {status} {msg.headers}")
             out.append(msg)
