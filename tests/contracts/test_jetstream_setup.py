@@ -104,7 +104,7 @@ async def test_a_server_without_jetstream_is_refused(tmp_path: Path) -> None:
 
 
 def test_server_timestamps_parse_with_any_number_of_fraction_digits() -> None:
-    from wakeful.transports.jetstream.store import _parse_stamp
+    from wakeful.transports.jetstream.stream import parse_stamp as _parse_stamp
 
     base = _parse_stamp("2026-11-22T06:48:06Z")
     assert _parse_stamp("2026-11-22T06:48:06.96693Z") - base == pytest.approx(0.96693)

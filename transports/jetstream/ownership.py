@@ -32,6 +32,7 @@ mechanism as a commit (docs/jetstream-facts.md).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import random
@@ -44,12 +45,14 @@ from nats.aio.client import Client
 
 from wakeful.runtime.errors import WakefulError
 
-from .stream import direct_get
+from .stream import direct_get, parse_stamp
 from .subjects import PREFIX
 
 log = logging.getLogger("wakeful.jetstream")
 
 CONFLICT_CODES = (10071, 10164)
+CLOCK_SLACK = 1.0
+"""Seconds a record may outlive its TTL by our clock before we treat it as expired."""
 
 
 class Leases:
@@ -88,6 +91,9 @@ class Leases:
         self._draining: dict[int, float] = {}
         """Partition -> deadline of the graceful hand-back."""
         self.members = 1
+        self.settled = False
+        """Whether the last tick ended with our fair share held or nothing left to take
+        (False while partitions wait for a holder, so `pending` does not say idle)."""
 
     # -- records -----------------------------------------------------------------------
 
@@ -109,14 +115,21 @@ class Leases:
         return int(ack.seq)
 
     async def _records(self, pattern: str) -> dict[str, tuple[int, bytes]]:
-        """The last record of each subject matching `pattern`: subject -> (seq, body)."""
+        """The last live record of each subject matching `pattern`: subject -> (seq, body).
+
+        A record older than its TTL counts as empty even while it is still stored: the
+        server removes expired messages on its own schedule (and a new stream leader
+        after an election may take a while), the lease must not outlive its TTL."""
         found = await direct_get(
             self.nc, self.stream, {"multi_last": [pattern], "batch": 10_000}, self.timeout
         )
+        now = time.time()
         out: dict[str, tuple[int, bytes]] = {}
         for msg in found:
             h = msg.headers or {}
-            out[h["Nats-Subject"]] = (int(h["Nats-Sequence"]), bytes(msg.data))
+            stamp = h.get("Nats-Time-Stamp")
+            expired = stamp is not None and now - parse_stamp(stamp) > self.ttl + CLOCK_SLACK
+            out[h["Nats-Subject"]] = (int(h["Nats-Sequence"]), b"" if expired else bytes(msg.data))
         return out
 
     # -- the loop ------------------------------------------------------------------------
@@ -135,12 +148,19 @@ class Leases:
                 log.warning("lease tick of worker %s failed: %r", self.worker, exc)
 
     async def tick(self) -> None:
+        self.settled = False
         me = self.worker.encode()
         await self._publish(f"{PREFIX}.member.{self.worker}", me, self._headers(None))
         for p, seq in list(self.held.items()):
             renewed = await self._publish(self._lease(p), me, self._headers(seq))
             if renewed is None:
-                log.warning("worker %s lost partition %d to another worker", self.worker, p)
+                # Either another worker holds it now, or our last renewal landed and
+                # only its answer was lost (an election): then the record is ours.
+                current = (await self._records(self._lease(p))).get(self._lease(p))
+                if current is not None and current[1] == me:
+                    self.held[p] = current[0]
+                    continue
+                log.warning("worker %s lost partition %d", self.worker, p)
                 await self._drop(p)
             else:
                 self.held[p] = renewed
@@ -158,7 +178,9 @@ class Leases:
                 if p not in self.held and not body:
                     free.append((p, seq))
             random.shuffle(free)  # fewer collisions when several workers start together
-            for p, seen in free[: fair - len(self.held)]:
+            wanted = fair - len(self.held)
+            failed = False
+            for p, seen in free[:wanted]:
                 got = await self._publish(self._lease(p), me, self._headers(seen))
                 if got is None:
                     continue  # another worker was faster
@@ -166,9 +188,14 @@ class Leases:
                 self.serving.add(p)
                 try:
                     await self._acquired(p)
-                except Exception:
-                    await self._release(p)
-                    raise
+                except Exception as exc:  # the server away: hand it back, try next tick
+                    log.warning("worker %s could not take partition %d: %r", self.worker, p, exc)
+                    failed = True
+                    with contextlib.suppress(Exception):
+                        await self._release(p)
+            self.settled = not failed and (len(self.held) >= fair or len(free) <= wanted)
+        else:
+            self.settled = True
 
     async def _hand_back(self, fair: int) -> None:
         now = time.monotonic()

@@ -24,7 +24,7 @@ import hashlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine
 from typing import Any, TypeVar
 
 import msgspec
@@ -50,7 +50,7 @@ from wakeful.runtime.ports import (
 
 from .._local import Background, Signals, run_timers, tail_events
 from .ownership import Leases
-from .stream import direct_get, ensure_stream
+from .stream import direct_get, ensure_stream, parse_stamp
 from .subjects import PREFIX, Layout
 
 __all__ = ["JetStreamStore"]
@@ -138,19 +138,8 @@ def _parse_inbox_offset(offset: str | None, what: str = "after") -> int:
     raise ValueError(f"{what} {offset!r} is not an inbox offset of this store")
 
 
-def _parse_stamp(stamp: str) -> float:
-    """`Nats-Time-Stamp` (RFC 3339 in UTC, 0 to 9 fractional digits) as epoch seconds."""
-    whole, _, fraction = stamp.rstrip("Z").partition(".")
-    seconds = dt.datetime.fromisoformat(whole + "+00:00").timestamp()
-    return seconds + (float("0." + fraction) if fraction else 0.0)
-
-
 async def _connection_error(exc: Exception) -> None:
     log.warning("NATS connection: %r", exc)
-
-
-async def _disconnected() -> None:
-    log.warning("NATS connection lost; reconnecting (writes wait and retry)")
 
 
 async def _reconnected() -> None:
@@ -222,6 +211,16 @@ class JetStreamStore(AsyncResource):
         self._live: dict[str, set[str]] = {}
         """Per address: runs of this process that need it (see `_needs_process`)."""
         self._consumers: dict[int, asyncio.Task[None]] = {}
+        self._copies: dict[str, dict[int, InboxItem]] = {}
+        """Per address: inbox messages our consumers delivered, not consumed yet."""
+        self._cache_from: dict[int, int] = {}
+        """Per served partition: the stream seq from which `_copies` holds every
+        inbox message (so `inbox` needs no read)."""
+        self._delivery_seq: dict[int, int] = {}
+        """Per served partition: the consumer seq of the last delivery."""
+        self._chores: set[asyncio.Task[None]] = set()
+        self._indexing: dict[str, asyncio.Task[None]] = {}
+        """Per address: the latest background write of run index records."""
         self._watches: dict[str, tuple[int, Any]] = {}
         """Per address tailed here: (tails, core subscription to its `.ev` subject)."""
         self._background = Background("wakeful-jetstream-store")
@@ -236,7 +235,7 @@ class JetStreamStore(AsyncResource):
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.25,
             error_cb=_connection_error,
-            disconnected_cb=_disconnected,
+            disconnected_cb=self._disconnected,
             reconnected_cb=_reconnected,
         )
         try:
@@ -275,6 +274,13 @@ class JetStreamStore(AsyncResource):
         if self._signals is not None:
             self._signals.close()
         await self._background.stop()
+        for chore in list(self._chores):
+            chore.cancel()
+        try:
+            async with asyncio.timeout(self.timeout):
+                await self._indexed()
+        except TimeoutError:
+            log.warning("run index writes still pending at close; the next holder repairs them")
         for task in self._consumers.values():
             task.cancel()
         await asyncio.gather(*self._consumers.values(), return_exceptions=True)
@@ -333,16 +339,43 @@ class JetStreamStore(AsyncResource):
                 max_ack_pending=-1,
                 deliver_policy=api.DeliverPolicy.ALL,
             )
+        floor = info.ack_floor.stream_seq if info.ack_floor else 0
+        delivered = info.delivered.stream_seq if info.delivered else 0
+        # From here on the consumer hands us every message of the partition in stream
+        # order (first deliveries), so from `delivered + 1` our copy of what it delivered
+        # is the whole inbox, as long as no delivery goes missing (see _delivered_hint).
+        self._cache_from[p] = delivered + 1
+        self._delivery_seq[p] = info.delivered.consumer_seq if info.delivered else 0
         self._consumers[p] = asyncio.create_task(self._consume(p), name=f"wakeful-{name}")
         await self._load_timers(p)
         await self._scan_partition(p)
-        floor = info.ack_floor.stream_seq if info.ack_floor else 0
-        delivered = info.delivered.stream_seq if info.delivered else 0
-        if delivered > floor:
-            for subject in self.layout.partition_inboxes(p):
-                for msg in await self._scan(subject, floor + 1, None, upto=delivered):
-                    h = msg.headers or {}
+        await self._hint_unacked(p, delivered, floor)
+
+    async def _hint_unacked(self, p: int, upto: int, floor: int | None = None) -> None:
+        """A wake for each entity with a message the consumer delivered (to an earlier
+        holder, or to a request of ours that was lost) and nobody acked, up to `upto`."""
+        if floor is None:
+            info = await self._conn().jetstream().consumer_info(self.stream, self._consumer(p))
+            floor = info.ack_floor.stream_seq if info.ack_floor else 0
+        if upto <= floor:
+            return
+        for subject in self.layout.partition_inboxes(p):
+            for msg in await self._scan(subject, floor + 1, None, upto=upto):
+                h = msg.headers or {}
+                if self._held(p):
                     self._hint(Layout.address_of(h["Nats-Subject"]), int(h["Nats-Sequence"]))
+
+    def _chore(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        """Run `coro` in the background; errors are logged; close cancels it."""
+        task = asyncio.create_task(coro, name=name)
+        self._chores.add(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._chores.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.warning("%s failed: %r", name, t.exception())
+
+        task.add_done_callback(done)
 
     async def _release(self, p: int) -> None:
         """Stop serving partition `p` (handed back or lost): forget its wakes and timers;
@@ -350,8 +383,10 @@ class JetStreamStore(AsyncResource):
         task = self._consumers.pop(p, None)
         if task is not None:
             task.cancel()
+        self._cache_from.pop(p, None)
+        self._delivery_seq.pop(p, None)
         layout = self.layout
-        for table in (self._acks, self._inbox_last, self._live):
+        for table in (self._acks, self._inbox_last, self._live, self._copies):
             for address in [a for a in table if layout.partition_of(a) == p]:
                 del table[address]
         for key in [k for k in self._timers if layout.partition_of(k[0]) == p]:
@@ -395,10 +430,19 @@ class JetStreamStore(AsyncResource):
 
     async def _delivered_hint(self, p: int, msg: Msg) -> None:
         try:
-            seq = msg.metadata.sequence.stream
+            meta = msg.metadata
+            seq = meta.sequence.stream
             address = Layout.address_of(msg.subject)
         except (ValueError, AttributeError):
             return
+        expected = self._delivery_seq.get(p, 0) + 1
+        self._delivery_seq[p] = meta.sequence.consumer
+        if meta.sequence.consumer != expected:
+            # A delivery went missing (a reconnect, a pull request of ours that outlived
+            # its subscription): its message comes again only after ack_wait, so the
+            # copy is whole from here on only, and what is unacked below gets a hint now.
+            self._cache_from[p] = max(self._cache_from.get(p, 0), seq)
+            self._chore(self._hint_unacked(p, seq - 1), f"wakeful-rescan-{p}")
         head = self._heads.get(address)
         if head is not None and seq <= head.cursor:
             await self._ack(msg.reply)  # accepted already (a redelivery)
@@ -406,6 +450,14 @@ class JetStreamStore(AsyncResource):
         if p not in self._serving() and not self._live.get(address):
             return  # handing back: left unacked for the next holder
         self._acks.setdefault(address, []).append((seq, msg.reply))
+        try:
+            envelope = _env_decoder.decode(msg.data)
+        except msgspec.DecodeError:
+            log.warning("%s: inbox message %d is not an envelope; skipped", address, seq)
+            await self._ack(msg.reply)
+            return
+        item = InboxItem(f"{seq:0{SEQ_WIDTH}d}", meta.timestamp.timestamp(), envelope)
+        self._copies.setdefault(address, {})[seq] = item
         self._hint(address, seq)
 
     def _hint(self, address: str, seq: int) -> None:
@@ -422,6 +474,12 @@ class JetStreamStore(AsyncResource):
                 log.debug("ack to %s failed: %r", reply, exc)
 
     async def _ack_through(self, address: str, cursor: int) -> None:
+        copies = self._copies.get(address)
+        if copies:
+            for seq in [s for s in copies if s <= cursor]:
+                del copies[seq]
+            if not copies:
+                del self._copies[address]
         pending = self._acks.get(address)
         if not pending:
             return
@@ -459,6 +517,10 @@ class JetStreamStore(AsyncResource):
                     self._sig().wake(address)
 
         await asyncio.gather(*(one(s) for s in info.state.subjects or {}))
+
+    async def _disconnected(self) -> None:
+        if self._nc is not None:  # not our own close
+            log.warning("NATS connection lost; reconnecting (writes wait and retry)")
 
     def _conn(self) -> Client:
         if self._nc is None:
@@ -713,7 +775,7 @@ class JetStreamStore(AsyncResource):
                 self._live[address] = live
             else:
                 self._live.pop(address, None)
-            await self._index_runs(commit.runs, first)
+            self._index_later(address, commit.runs, first)
         return [
             Event(
                 _event_offset(first, i),
@@ -904,6 +966,14 @@ class JetStreamStore(AsyncResource):
         self._conn()
         head = await self._head(address)
         start = max(head.cursor, _parse_inbox_offset(after)) + 1
+        whole_from = self._cache_from.get(self.layout.partition_of(address))
+        if whole_from is not None and start >= whole_from:
+            # Everything from `start` on was (or will be, in order) delivered to us: the
+            # messages delivered so far are the inbox's first ones. No read.
+            copies = self._copies.get(address, {})
+            items = [copies[s] for s in sorted(copies) if s >= start]
+            await self._ack_through(address, head.cursor)
+            return items if limit is None else items[:limit]
         known = self._inbox_last.get(address, 0)
         for _ in range(50):
             items = await self._inbox_from(address, start, limit)
@@ -924,7 +994,7 @@ class JetStreamStore(AsyncResource):
             if not h.get("Nats-Subject", "").endswith((".in", ".wake")):
                 continue
             stamp = h.get("Nats-Time-Stamp")
-            at = _parse_stamp(stamp) if stamp else time.time()
+            at = parse_stamp(stamp) if stamp else time.time()
             items.append(
                 InboxItem(
                     f"{int(h['Nats-Sequence']):0{SEQ_WIDTH}d}", at, _env_decoder.decode(msg.data)
@@ -945,6 +1015,8 @@ class JetStreamStore(AsyncResource):
 
     async def pending(self, types: Collection[str]) -> bool:
         self._conn()
+        if self._leases is not None and not self._leases.settled:
+            return True  # partitions wait for a holder: their inboxes are unknown
         wanted = set(types)
         now = time.time()
         for (address, _), arm in self._timers.items():
@@ -966,6 +1038,33 @@ class JetStreamStore(AsyncResource):
             for address, last in list(self._inbox_last.items())
             if last > (await self._head(address)).cursor
         ]
+
+    def _index_later(self, address: str, records: list[RunRecord], commit_seq: int) -> None:
+        """Write the index records of a commit in the background, after the records of
+        the entity's previous commits (so a run's records land in order); `run` and
+        `runs` wait for these first, so this process reads its own writes."""
+        before = self._indexing.get(address)
+
+        async def write() -> None:
+            if before is not None:
+                await asyncio.gather(before, return_exceptions=True)
+            await self._index_runs(records, commit_seq)
+
+        task = asyncio.create_task(write(), name=f"wakeful-index-{address}")
+        self._indexing[address] = task
+
+        def done(t: asyncio.Task[None]) -> None:
+            if self._indexing.get(address) is t:
+                del self._indexing[address]
+            if not t.cancelled() and t.exception() is not None:
+                log.warning("%s: run index update failed: %r", address, t.exception())
+
+        task.add_done_callback(done)
+
+    async def _indexed(self) -> None:
+        """Wait for the run index writes of this process's commits so far."""
+        if self._indexing:
+            await asyncio.gather(*self._indexing.values(), return_exceptions=True)
 
     async def _index_runs(self, records: list[RunRecord], commit_seq: int) -> None:
         """Publish the run index records of a commit, right after it (acked, so a read
@@ -1052,12 +1151,14 @@ class JetStreamStore(AsyncResource):
     # -- run index (a subject per run; newest record wins) ---------------------------------
 
     async def run(self, run: str) -> RunRecord | None:
+        await self._indexed()
         msg = await self._last(f"{PREFIX}.runs.{run}")
         return None if msg is None else _run_decoder.decode(msg.data)
 
     async def runs(
         self, address: str | None = None, status: str | None = None, limit: int = 100
     ) -> list[RunRecord]:
+        await self._indexed()
         js = self._conn().jetstream()
         info = await js.stream_info(self.stream, subjects_filter="wk.runs.*")
         names = sorted((s.split(".", 2)[2] for s in info.state.subjects or {}), reverse=True)

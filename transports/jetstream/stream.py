@@ -9,6 +9,7 @@ it is refused with an error that says what differs and what to do.
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import msgspec
@@ -138,3 +139,10 @@ async def direct_get(nc: Client, stream: str, request: dict[str, Any], timeout: 
                 return out
     finally:
         await sub.unsubscribe()
+
+
+def parse_stamp(stamp: str) -> float:
+    """`Nats-Time-Stamp` (RFC 3339 in UTC, 0 to 9 fractional digits) as epoch seconds."""
+    whole, _, fraction = stamp.rstrip("Z").partition(".")
+    seconds = dt.datetime.fromisoformat(whole + "+00:00").timestamp()
+    return seconds + (float("0." + fraction) if fraction else 0.0)
