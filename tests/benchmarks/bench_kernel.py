@@ -1,6 +1,7 @@
 """Kernel benchmarks: wake throughput, replay time and memory after mass eviction.
 
-    python tests/benchmarks/bench_kernel.py [--stores memory,sqlite] [--json out.json] [--quick]
+    python tests/benchmarks/bench_kernel.py [--stores memory,sqlite,jetstream,jetstream-r3]
+        [--json out.json] [--quick]
 
 Prints one table and optionally writes the same figures as JSON. Each figure is
 the median of --repeat runs (default 3), each on a fresh store, with the stores
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import gc
 import json
 import os
@@ -25,21 +25,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import nats
-import nats.js.errors
-
 from wakeful.runtime import Context, Envelope, EventStore, Registry, Runtime, RuntimeConfig, Wake
 from wakeful.runtime.ports import Snapshot
 from wakeful.runtime.state import encode_snapshot, rebuild
-from wakeful.transports.jetstream.store import JetStreamStore
-from wakeful.transports.memory import MemoryStore
-from wakeful.transports.sqlite import SQLiteStore
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from tests.nats_fixtures import NatsServer
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _stores import Stores
 
 SAMPLES = 5
-NATS_URL: str | None = None
 registry = Registry()
 
 
@@ -50,27 +43,13 @@ async def counter(ctx: Context, wake: Wake) -> object:
     return None
 
 
+STORES: Stores | None = None
+
+
 async def store_factory(kind: str, root: Path) -> Callable[[], EventStore]:
     """A fresh data set; each call gives a store on it (a restart, for SQLite)."""
-    if kind == "memory":
-        memory = MemoryStore()
-        return lambda: memory
-    if kind == "sqlite":
-        path = root / f"bench-{time.monotonic_ns()}.db"
-        return lambda: SQLiteStore(path)
-    if kind == "jetstream":
-        if NATS_URL is None:
-            raise SystemExit("jetstream needs the server main() starts")
-        nc = await nats.connect(NATS_URL)  # a fresh data set: the stream starts empty
-        try:
-            await nc.jetstream().delete_stream("WAKEFUL")
-        except nats.js.errors.NotFoundError:
-            pass
-        finally:
-            await nc.close()
-        url = NATS_URL
-        return lambda: JetStreamStore(url, partitions=16)
-    raise SystemExit(f"unknown store {kind!r}; use memory, sqlite or jetstream")
+    assert STORES is not None
+    return await STORES.factory(kind)
 
 
 async def make_store(kind: str, root: Path) -> EventStore:
@@ -197,13 +176,10 @@ async def main() -> None:
     }
     stores = args.stores.split(",")
     results: dict[str, dict[str, Any]] = {s: {} for s in stores}
-    global NATS_URL
+    global STORES
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        async with contextlib.AsyncExitStack() as stack:
-            if "jetstream" in stores:  # one nats-server (R1, file storage) for the run
-                server = await stack.enter_async_context(NatsServer(root / "nats"))
-                NATS_URL = server.url
+        async with Stores(stores, root) as STORES:  # servers for the JetStream columns
             await measure(stores, sizes, results, root, args.repeat)
     report(stores, sizes, results, args)
 

@@ -1,6 +1,7 @@
 """Execution-mode benchmarks: what durability costs per step, as an observer sees it.
 
-    python tests/benchmarks/bench_modes.py [--stores memory,sqlite] [--turns 200] [--json out.json]
+    python tests/benchmarks/bench_modes.py [--stores memory,sqlite,jetstream,jetstream-r3]
+        [--turns 200] [--json out.json]
 
 The turn is 1 model step (streaming 5 text deltas) + 3 tool steps, every step a
 zero-latency function. For each turn an observer tails the entity; we time the
@@ -25,8 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from wakeful.runtime import Context, EventStore, Registry, Runtime, Wake
-from wakeful.transports.memory import MemoryStore
-from wakeful.transports.sqlite import SQLiteStore
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _stores import Stores
 
 registry = Registry()
 
@@ -52,10 +54,12 @@ async def agent(ctx: Context, wake: Wake) -> object:
     return "done"
 
 
-def make_store(kind: str, root: Path) -> EventStore:
-    if kind == "memory":
-        return MemoryStore()
-    return SQLiteStore(root / f"modes-{kind}-{time.monotonic_ns()}.db")
+STORES: Stores | None = None
+
+
+async def make_store(kind: str, root: Path) -> EventStore:
+    assert STORES is not None
+    return (await STORES.factory(kind))()
 
 
 async def one_turn(
@@ -81,7 +85,7 @@ async def one_turn(
 async def latency(kind: str, root: Path, turns: int) -> dict[str, float]:
     samples: dict[str, list[tuple[float, float]]] = {"classic": [], "durable": []}
     heads: dict[str, str | None] = {"classic": None, "durable": None}
-    async with Runtime(registry, make_store(kind, root)) as rt:
+    async with Runtime(registry, await make_store(kind, root)) as rt:
         for i in range(turns):
             for mode in ("classic", "durable") if i % 2 else ("durable", "classic"):
                 first, done, heads[mode] = await one_turn(rt, f"/agent/{mode}", mode, heads[mode])
@@ -97,7 +101,7 @@ async def latency(kind: str, root: Path, turns: int) -> dict[str, float]:
 
 
 async def durable_runs_per_second(kind: str, root: Path, senders: int, per_sender: int) -> float:
-    async with Runtime(registry, make_store(kind, root)) as rt:
+    async with Runtime(registry, await make_store(kind, root)) as rt:
 
         async def sender(k: int) -> None:
             head: str | None = None
@@ -119,13 +123,15 @@ async def main() -> None:
     args = parser.parse_args()
     stores = args.stores.split(",")
     results: dict[str, dict[str, float]] = {}
+    global STORES
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        for s in stores:
-            results[s] = await latency(s, root, args.turns)
-            results[s]["durable_runs_per_s"] = await durable_runs_per_second(
-                s, root, args.senders, args.per_sender
-            )
+        async with Stores(stores, root) as STORES:
+            for s in stores:
+                results[s] = await latency(s, root, args.turns)
+                results[s]["durable_runs_per_s"] = await durable_runs_per_second(
+                    s, root, args.senders, args.per_sender
+                )
     rows = [
         ("classic_first_delta_ms", "classic: first delta seen (ms)", "{:.3f}"),
         ("durable_first_delta_ms", "durable: first delta seen (ms)", "{:.3f}"),
