@@ -1,4 +1,4 @@
-"""`JetStreamStore`: the event store on a NATS JetStream stream (issue 4, in progress).
+"""`JetStreamStore`: the event store on a NATS JetStream stream.
 
 Layout and design: docs/jetstream-facts.md. A commit is one guarded publish on
 the entity's `.ev` subject (all its events in one message), or one atomic batch
@@ -274,13 +274,13 @@ class JetStreamStore(AsyncResource):
         if self._signals is not None:
             self._signals.close()
         await self._background.stop()
-        for chore in list(self._chores):
-            chore.cancel()
         try:
             async with asyncio.timeout(self.timeout):
                 await self._indexed()
         except TimeoutError:
             log.warning("run index writes still pending at close; the next holder repairs them")
+        for chore in list(self._chores):
+            chore.cancel()
         for task in self._consumers.values():
             task.cancel()
         await asyncio.gather(*self._consumers.values(), return_exceptions=True)
@@ -365,7 +365,7 @@ class JetStreamStore(AsyncResource):
                 if self._held(p):
                     self._hint(Layout.address_of(h["Nats-Subject"]), int(h["Nats-Sequence"]))
 
-    def _chore(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+    def _chore(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         """Run `coro` in the background; errors are logged; close cancels it."""
         task = asyncio.create_task(coro, name=name)
         self._chores.add(task)
@@ -376,6 +376,7 @@ class JetStreamStore(AsyncResource):
                 log.warning("%s failed: %r", name, t.exception())
 
         task.add_done_callback(done)
+        return task
 
     async def _release(self, p: int) -> None:
         """Stop serving partition `p` (handed back or lost): forget its wakes and timers;
@@ -1050,14 +1051,12 @@ class JetStreamStore(AsyncResource):
                 await asyncio.gather(before, return_exceptions=True)
             await self._index_runs(records, commit_seq)
 
-        task = asyncio.create_task(write(), name=f"wakeful-index-{address}")
+        task = self._chore(write(), f"run index update of {address}")
         self._indexing[address] = task
 
         def done(t: asyncio.Task[None]) -> None:
             if self._indexing.get(address) is t:
                 del self._indexing[address]
-            if not t.cancelled() and t.exception() is not None:
-                log.warning("%s: run index update failed: %r", address, t.exception())
 
         task.add_done_callback(done)
 
