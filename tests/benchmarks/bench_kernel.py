@@ -164,6 +164,7 @@ async def main() -> None:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument("--evict", type=int, help="entities for the memory figure")
     args = parser.parse_args()
     q = args.quick
     sizes = {
@@ -174,6 +175,8 @@ async def main() -> None:
         "long_events": 2001 if q else 100_001,
         "evict_entities": 1000 if q else 100_000,
     }
+    if args.evict:
+        sizes["evict_entities"] = args.evict
     stores = args.stores.split(",")
     results: dict[str, dict[str, Any]] = {s: {} for s in stores}
     global STORES

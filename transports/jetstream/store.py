@@ -989,11 +989,21 @@ class JetStreamStore(AsyncResource):
         return items
 
     async def _inbox_from(self, address: str, start: int, limit: int | None) -> list[InboxItem]:
+        """The entity's `.in` and `.wake` messages from `start`, merged in stream order.
+        Two reads on literal subjects: the server finds those through its subject
+        index, where a wildcard (`<entity>.*`) would walk the stream from `start`."""
+        layout = self.layout
+        found = await asyncio.gather(
+            self._scan(layout.inbox(address), start, limit),
+            self._scan(layout.wake(address), start, limit),
+        )
+        messages = sorted(
+            (m for batch in found for m in batch),
+            key=lambda m: int(m.headers["Nats-Sequence"]),  # type: ignore[index]
+        )
         items: list[InboxItem] = []
-        for msg in await self._scan(self.layout.base(address) + ".*", start, None):
+        for msg in messages[:limit]:
             h = msg.headers or {}
-            if not h.get("Nats-Subject", "").endswith((".in", ".wake")):
-                continue
             stamp = h.get("Nats-Time-Stamp")
             at = parse_stamp(stamp) if stamp else time.time()
             items.append(
@@ -1001,8 +1011,6 @@ class JetStreamStore(AsyncResource):
                     f"{int(h['Nats-Sequence']):0{SEQ_WIDTH}d}", at, _env_decoder.decode(msg.data)
                 )
             )
-            if limit is not None and len(items) >= limit:
-                break
         return items
 
     async def entities(self, type: str, after: str | None = None, limit: int = 100) -> list[str]:
