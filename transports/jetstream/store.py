@@ -72,6 +72,7 @@ TRANSIENT = (
     nats.errors.ConnectionReconnectingError,
     nats.errors.StaleConnectionError,
     nats.js.errors.NoStreamResponseError,
+    nats.js.errors.ServiceUnavailableError,
 )
 """Errors after which a request may succeed if sent again (the server is electing a
 leader, or the client is reconnecting)."""
@@ -258,7 +259,8 @@ class JetStreamStore(AsyncResource):
                 busy=self._busy,
                 timeout=self.timeout,
             )
-            await self._leases.tick()  # our first share, before the runtime starts
+            leases = self._leases
+            await self._retrying("taking partitions", leases.tick)  # before the runtime starts
             await self._background.start(self._timer_loop, self._leases.run)
         else:
             if self.ownership == "all":

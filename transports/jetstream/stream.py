@@ -9,6 +9,7 @@ it is refused with an error that says what differs and what to do.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from typing import Any
 
@@ -80,6 +81,19 @@ def conflicts(have: api.StreamConfig, want: api.StreamConfig) -> list[str]:
     return out
 
 
+async def _until_led(
+    js: Any, name: str, info: api.StreamInfo, wait: float = 30.0
+) -> api.StreamInfo:
+    """A new replicated stream answers only once its replicas elected a leader."""
+    deadline = asyncio.get_running_loop().time() + wait
+    while info.cluster is not None and not info.cluster.leader:
+        if asyncio.get_running_loop().time() > deadline:
+            raise JetStreamSetupError(f"stream {name!r} has no leader {wait}s after creation")
+        await asyncio.sleep(0.05)
+        info = await js.stream_info(name)
+    return info
+
+
 def _value(storage: Any) -> str:
     return str(getattr(storage, "value", storage))
 
@@ -95,12 +109,13 @@ async def ensure_stream(nc: Client, name: str, replicas: int, storage: str) -> a
         info = await js.stream_info(name)
     except nats.js.errors.NotFoundError:
         try:
-            return await js.add_stream(want)
+            info = await js.add_stream(want)
         except nats.js.errors.APIError as exc:
             raise JetStreamSetupError(
                 f"cannot create stream {name!r} on {server}: {exc.description} "
                 f"(err_code {exc.err_code})"
             ) from exc
+        return await _until_led(js, name, info)
     except (nats.js.errors.ServiceUnavailableError, nats.errors.NoRespondersError) as exc:
         raise JetStreamSetupError(
             f"JetStream is not enabled on the nats-server at {server}: start it with -js "
