@@ -351,11 +351,18 @@ class JetStreamStore(AsyncResource):
         self._consumers[p] = asyncio.create_task(self._consume(p), name=f"wakeful-{name}")
         await self._load_timers(p)
         await self._scan_partition(p)
-        await self._hint_unacked(p, delivered, floor)
+        await self._hint_unacked(p, delivered, floor, copy=True)
+        if self._cache_from.get(p) == delivered + 1:  # no delivery went missing meanwhile
+            # With the messages between the ack floor and `delivered` copied too, the
+            # copy is whole from the floor on (below it everything was consumed).
+            self._cache_from[p] = floor + 1
 
-    async def _hint_unacked(self, p: int, upto: int, floor: int | None = None) -> None:
+    async def _hint_unacked(
+        self, p: int, upto: int, floor: int | None = None, copy: bool = False
+    ) -> None:
         """A wake for each entity with a message the consumer delivered (to an earlier
-        holder, or to a request of ours that was lost) and nobody acked, up to `upto`."""
+        holder, or to a request of ours that was lost) and nobody acked, up to `upto`;
+        with `copy`, keep the messages as `_copies` too."""
         if floor is None:
             info = await self._conn().jetstream().consumer_info(self.stream, self._consumer(p))
             floor = info.ack_floor.stream_seq if info.ack_floor else 0
@@ -364,8 +371,26 @@ class JetStreamStore(AsyncResource):
         for subject in self.layout.partition_inboxes(p):
             for msg in await self._scan(subject, floor + 1, None, upto=upto):
                 h = msg.headers or {}
-                if self._held(p):
-                    self._hint(Layout.address_of(h["Nats-Subject"]), int(h["Nats-Sequence"]))
+                if not self._held(p):
+                    return
+                address = Layout.address_of(h["Nats-Subject"])
+                seq = int(h["Nats-Sequence"])
+                stamp = h.get("Nats-Time-Stamp")
+                if copy and not self._copy(
+                    address, seq, parse_stamp(stamp) if stamp else time.time(), msg.data
+                ):
+                    continue
+                self._hint(address, seq)
+
+    def _copy(self, address: str, seq: int, at: float, data: bytes) -> bool:
+        """Keep an inbox message delivered to us; False if it is not an envelope."""
+        try:
+            envelope = _env_decoder.decode(data)
+        except msgspec.DecodeError:
+            log.warning("%s: inbox message %d is not an envelope; skipped", address, seq)
+            return False
+        self._copies.setdefault(address, {})[seq] = InboxItem(f"{seq:0{SEQ_WIDTH}d}", at, envelope)
+        return True
 
     def _chore(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         """Run `coro` in the background; errors are logged; close cancels it."""
@@ -452,15 +477,10 @@ class JetStreamStore(AsyncResource):
             return
         if p not in self._serving() and not self._live.get(address):
             return  # handing back: left unacked for the next holder
-        self._acks.setdefault(address, []).append((seq, msg.reply))
-        try:
-            envelope = _env_decoder.decode(msg.data)
-        except msgspec.DecodeError:
-            log.warning("%s: inbox message %d is not an envelope; skipped", address, seq)
+        if not self._copy(address, seq, meta.timestamp.timestamp(), msg.data):
             await self._ack(msg.reply)
             return
-        item = InboxItem(f"{seq:0{SEQ_WIDTH}d}", meta.timestamp.timestamp(), envelope)
-        self._copies.setdefault(address, {})[seq] = item
+        self._acks.setdefault(address, []).append((seq, msg.reply))
         self._hint(address, seq)
 
     def _hint(self, address: str, seq: int) -> None:
@@ -609,6 +629,12 @@ class JetStreamStore(AsyncResource):
 
     async def _leader_last(self, subject: str) -> tuple[int, dict[str, str]] | None:
         """The last message on `subject` read through the stream leader: (seq, headers)."""
+        if self.replicas == 1:  # the only replica is the leader: a direct get will do
+            msg = await self._last(subject)
+            if msg is None:
+                return None
+            headers = dict(msg.headers or {})
+            return int(headers["Nats-Sequence"]), headers
         js = self._conn().jetstream()
 
         async def once() -> tuple[int, dict[str, str]] | None:
