@@ -140,8 +140,11 @@ class Leases:
 
     async def run(self) -> None:
         """Tick until cancelled; a failed tick (server away) is retried next period."""
+        loop = asyncio.get_running_loop()
+        next_tick = loop.time() + self.period
         while True:
-            await asyncio.sleep(self.period)
+            await asyncio.sleep(max(0.0, next_tick - loop.time()))
+            next_tick = loop.time() + self.period  # a slow tick does not delay the next
             try:
                 await self.tick()
             except (TimeoutError, nats.errors.Error, nats.js.errors.Error, WakefulError) as exc:
@@ -151,8 +154,15 @@ class Leases:
         self.settled = False
         me = self.worker.encode()
         await self._publish(f"{PREFIX}.member.{self.worker}", me, self._headers(None))
-        for p, seq in list(self.held.items()):
-            renewed = await self._publish(self._lease(p), me, self._headers(seq))
+        held = list(self.held.items())
+        # All renewals at once: one round trip however many partitions we hold (one by
+        # one, a busy connection could stretch them past the TTL).
+        answers = await asyncio.gather(
+            *(self._publish(self._lease(p), me, self._headers(seq)) for p, seq in held)
+        )
+        for (p, _), renewed in zip(held, answers, strict=True):
+            if p not in self.held:
+                continue
             if renewed is None:
                 # Either another worker holds it now, or our last renewal landed and
                 # only its answer was lost (an election): then the record is ours.
