@@ -406,15 +406,16 @@ class JetStreamStore(AsyncResource):
         return task
 
     async def _release(self, p: int) -> None:
-        """Stop serving partition `p` (handed back or lost): forget its wakes and timers;
-        its unacked consumer messages go to the next holder."""
+        """Stop serving partition `p` (handed back or lost): forget its wakes, timers and
+        cached heads (another worker may write there now); its unacked consumer
+        messages go to the next holder."""
         task = self._consumers.pop(p, None)
         if task is not None:
             task.cancel()
         self._cache_from.pop(p, None)
         self._delivery_seq.pop(p, None)
         layout = self.layout
-        for table in (self._acks, self._inbox_last, self._live, self._copies):
+        for table in (self._acks, self._inbox_last, self._live, self._copies, self._heads):
             for address in [a for a in table if layout.partition_of(a) == p]:
                 del table[address]
         for key in [k for k in self._timers if layout.partition_of(k[0]) == p]:
