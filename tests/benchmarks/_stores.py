@@ -12,12 +12,17 @@ again gives a store on the same data (a restart).
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import json
+import os
+import platform
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import nats
 import nats.js.errors
@@ -76,3 +81,17 @@ class Stores:
 
     async def make(self, kind: str) -> EventStore:
         return (await self.factory(kind))()
+
+
+def write_json(args: argparse.Namespace, results: Any, **meta: Any) -> None:
+    """Write `results` to `args.json` (if given) with the machine and the arguments."""
+    if not args.json:
+        return
+    about = {
+        "python": sys.version.split()[0],
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        **meta,
+    }
+    out = {"meta": about, "args": vars(args) | {"json": str(args.json)}, "results": results}
+    args.json.write_text(json.dumps(out, indent=2))

@@ -13,9 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import json
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -30,7 +28,7 @@ from wakeful.runtime.ports import Snapshot
 from wakeful.runtime.state import encode_snapshot, rebuild
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _stores import Stores
+from _stores import Stores, write_json
 
 SAMPLES = 5
 registry = Registry()
@@ -237,16 +235,12 @@ def report(
     print(f"{'':{width}}  " + "  ".join(f"{s:>12}" for s in stores))
     for key, label, fmt in rows:
         print(f"{label:{width}}  " + "  ".join(f"{fmt(results[s][key]):>12}" for s in stores))
-    if args.json:
-        meta = {
-            "python": sys.version.split()[0],
-            "machine": platform.machine(),
-            "cpus": os.cpu_count(),
-            "sizes": sizes,
-            "repeat": args.repeat,
-            "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1000,
-        }
-        args.json.write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    write_json(
+        args,
+        results,
+        sizes=sizes,
+        max_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1000,
+    )
 
 
 if __name__ == "__main__":

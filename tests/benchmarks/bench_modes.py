@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -28,7 +25,7 @@ from typing import Any
 from wakeful.runtime import Context, EventStore, Registry, Runtime, Wake
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _stores import Stores
+from _stores import Stores, write_json
 
 registry = Registry()
 
@@ -147,18 +144,7 @@ async def main() -> None:
         print(
             f"{label:{width}}  " + "  ".join(f"{fmt.format(results[s][key]):>10}" for s in stores)
         )
-    if args.json:
-        meta = {
-            "python": sys.version.split()[0],
-            "machine": platform.machine(),
-            "cpus": os.cpu_count(),
-        }
-        args.json.write_text(
-            json.dumps(
-                {"meta": meta, "args": vars(args) | {"json": str(args.json)}, "results": results},
-                indent=2,
-            )
-        )
+    write_json(args, results)
 
 
 if __name__ == "__main__":

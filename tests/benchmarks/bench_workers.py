@@ -18,9 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
-import os
-import platform
 import signal
 import statistics
 import sys
@@ -33,22 +30,18 @@ import msgspec
 import nats
 import nats.js.errors
 
-from wakeful.runtime import Context, Envelope, Registry, Runtime, Wake
+from wakeful.runtime import Envelope, Runtime
 from wakeful.transports.jetstream import JetStreamStore
 from wakeful.transports.jetstream.subjects import Layout
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _stores import write_json
+from bench_kernel import registry  # the same trivial `counter` entity
+
 from tests.nats_fixtures import NatsCluster, NatsServer
 
 PARTITIONS = 16
-registry = Registry()
-
-
-@registry.entity("counter")
-async def counter(ctx: Context, wake: Wake) -> object:
-    totals = ctx.state["totals"]
-    totals["n"] = totals.get("n", 0) + 1
-    return None
 
 
 async def worker(urls: list[str], replicas: int) -> None:
@@ -171,18 +164,7 @@ async def main() -> None:
     for c in counts:
         ratio = f"{results[str(c)] / base:.2f}" if base else "-"
         print(f"{c:>8}  {results[str(c)]:>12,.0f}  {ratio:>6}")
-    if args.json:
-        meta = {
-            "python": sys.version.split()[0],
-            "machine": platform.machine(),
-            "cpus": os.cpu_count(),
-        }
-        args.json.write_text(
-            json.dumps(
-                {"meta": meta, "args": vars(args) | {"json": str(args.json)}, "results": rates},
-                indent=2,
-            )
-        )
+    write_json(args, rates)
 
 
 if __name__ == "__main__":
