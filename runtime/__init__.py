@@ -24,12 +24,13 @@ from .errors import (
 from .events import Event
 from .ports import Commit, Envelope, EventStore, InboxItem, NewEvent, Snapshot, TimerArm
 from .registry import Registry
-from .runtime import Runtime
+from .runtime import EntityInfo, Runtime
 
 __all__ = [
     "Commit",
     "ConcurrencyError",
     "Context",
+    "EntityInfo",
     "Envelope",
     "Event",
     "EventStore",

@@ -89,6 +89,7 @@ class Actor:
                 rt.config.flush_interval,
                 self._committed,
                 self._failed,
+                rt.metrics,
             )
             await self._recover()
             while self.broken is None:
@@ -153,6 +154,7 @@ class Actor:
         env = item.envelope
         kind = env.kind
         assert self.writer is not None
+        self.rt.metrics.wakes[kind] += 1
         if kind == "timer" and (env.name or "").startswith(INTERNAL_TIMER):
             await self._internal_timer(item)
         elif kind in ("message", "child", "timer"):

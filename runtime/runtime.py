@@ -28,6 +28,7 @@ from .context import Decision
 from .errors import NotFound, StoreClosed, WakefulError
 from .events import Event
 from .lifecycle import AsyncResource
+from .metrics import Metrics
 from .ports import TERMINAL, Envelope, EventStore, RunRecord, Snapshot
 from .registry import Registry, check_mode
 from .state import EntityState, decode_snapshot, encode_snapshot, rebuild
@@ -82,6 +83,24 @@ class Slots:
         return True
 
 
+class EntityInfo(msgspec.Struct, frozen=True):
+    """What `Runtime.describe` tells about one entity."""
+
+    address: str
+    status: str
+    """idle, running or suspended (the status of its active run)."""
+    seq: int
+    """Events in its stream (0: none yet)."""
+    offset: str | None
+    """Offset of its last event; `rt.tail(address, after=offset)` follows from here."""
+    active_run: str | None = None
+    waiting_for: str | None = None
+    """What a suspended run waits for: `approval:<call_id>` or `signal:<name>`."""
+    parent: str | None = None
+    pending: int = 0
+    """Messages accepted into its log and waiting for their run."""
+
+
 class Runtime(AsyncResource):
     """Runs the handlers of `registry` against the entities in `store`.
 
@@ -109,6 +128,8 @@ class Runtime(AsyncResource):
         self._tg: asyncio.TaskGroup | None = None
         self._main: asyncio.Task[None] | None = None
         self._closed = False
+        self.metrics = Metrics()
+        """Counters of wakes, runs and commit latency since this Runtime was created."""
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -313,6 +334,12 @@ class Runtime(AsyncResource):
         cached = self._cache.get(address)
         return cached.state if cached is not None else (await self._rebuild(address))[0]
 
+    @property
+    def running(self) -> bool:
+        """Open, and its dispatcher has not stopped."""
+        main = self._main
+        return main is not None and not self._closed and not main.done()
+
     def _check_running(self) -> None:
         main = self._main
         if main is None or self._closed:
@@ -512,6 +539,24 @@ class Runtime(AsyncResource):
         """The entity's collections, custom and built-in, as plain values (a copy)."""
         parse_address(address)
         return (await self._current(address)).to_dict()
+
+    async def describe(self, address: str) -> EntityInfo:
+        """The entity's status, active run, stream position and parent."""
+        parse_address(address)
+        state = await self._current(address)
+        run = state.active_run
+        info = state.runs.get(run or "", {})
+        status = info.get("status", "running") if run is not None else "idle"
+        return EntityInfo(
+            address=address,
+            status=status,
+            seq=state.seq,
+            offset=state.offset,
+            active_run=run,
+            waiting_for=info.get("waiting_for") if status == "suspended" else None,
+            parent=state.parent,
+            pending=len(state.inbox),
+        )
 
     async def read(
         self, address: str, after: str | None = None, limit: int | None = None

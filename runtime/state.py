@@ -167,6 +167,8 @@ def _run_started(s: EntityState, e: Event) -> None:
         "reply_to": d.reply_to,
         "started_at": e.at,
         "started_seq": e.seq,
+        "inbox": d.inbox,
+        "after": s.offset,
         "ended_at": None,
     }
     wake = None
@@ -460,9 +462,8 @@ def rebuild(address: str, events: list[Event], state: EntityState | None = None)
         f = fold.get(event.kind)
         if f is not None:
             f(s, event)
-    if events:
-        s.seq = events[-1].seq
-        s.offset = events[-1].offset
+        s.seq = event.seq
+        s.offset = event.offset
     return s
 
 

@@ -18,6 +18,7 @@ from typing import Any
 from . import events as ev
 from .errors import StoreClosed
 from .events import Event
+from .metrics import Metrics
 from .ports import Commit, Envelope, EventStore, NewEvent, RunRecord, TimerArm
 from .state import EntityState, evolve
 
@@ -39,8 +40,10 @@ class Writer:
         flush_interval: float,
         on_commit: Callable[[list[Event]], None],
         on_failure: Callable[[BaseException], None],
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
+        self.metrics = metrics or Metrics()
         self.state = state
         self._spawn = spawn
         self._interval = flush_interval
@@ -138,18 +141,30 @@ class Writer:
             if new and self.state.seq == 0:
                 new.insert(0, _created(self.state.address, new, at))
             commit = build_commit(self.state, coalesce(new), out, used)
+            metrics = self.metrics
+            began = time.monotonic()
             try:
                 committed = await self.store.commit(commit)
             except BaseException as exc:
                 if not isinstance(exc, asyncio.CancelledError):
                     self.failed = exc
+                    metrics.commit_errors += 1
                 raise
             self._last_flush = time.monotonic()
+            metrics.commits.observe(self._last_flush - began)
             state = self.state
             for event in committed:
+                if event.kind in _ENDED:
+                    run = state.runs.get(event.run or "", {})
+                    metrics.runs_ended[(run.get("mode", "classic"), _ENDED[event.kind])] += 1
+                elif event.kind == "run.started":
+                    metrics.runs_started[event.data.mode] += 1
                 evolve(state, event)
             self._on_commit(committed)
             return committed
+
+
+_ENDED = {"run.completed": "completed", "run.failed": "failed", "run.cancelled": "cancelled"}
 
 
 def _created(address: str, events: list[NewEvent], at: float) -> NewEvent:

@@ -15,6 +15,7 @@ def test_runtime_all() -> None:
         "Commit",
         "ConcurrencyError",
         "Context",
+        "EntityInfo",
         "Envelope",
         "Event",
         "EventStore",
