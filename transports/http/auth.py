@@ -72,11 +72,13 @@ class Auth:
         return key
 
     @staticmethod
-    def check(key: ApiKey | None, scope: str, type: str | None = None) -> None:
-        """Raise 403 unless `key` has `scope` (admin has all) for entity type `type`;
-        `type=None` means the request is not about one type (generic streams, all runs),
-        which a key limited to some types may not do unless `scope` is read-filtered
-        by the caller."""
+    def check(
+        key: ApiKey | None, scope: str, type: str | None = None, *, filtered: bool = False
+    ) -> None:
+        """Raise 403 unless `key` has `scope` (admin has all) for entity type `type`.
+        `type=None` is a request about no one type (generic streams), which a key
+        limited to some types may not make, unless the caller `filtered` what it
+        returns by `sees`."""
         if key is None:
             return
         if scope not in key.scopes and "admin" not in key.scopes:
@@ -85,7 +87,9 @@ class Auth:
                 "forbidden",
                 f"{key.label} lacks the {scope!r} scope (it has {', '.join(key.scopes)})",
             )
-        if key.types != "*" and (type is None or not fnmatch.fnmatchcase(type, key.types)):
+        if filtered or key.types == "*":
+            return
+        if type is None or not fnmatch.fnmatchcase(type, key.types):
             what = f"entity type {type!r}" if type else "this endpoint"
             raise HTTPError(
                 403, "forbidden", f"{key.label} may use entity types {key.types!r} only: not {what}"

@@ -383,7 +383,7 @@ class EntityAPI:
 
     async def list_runs(self, request: Request) -> Response:
         key = self._key(request)
-        self.auth.check(key, "read", None if key is None or key.types == "*" else "*")
+        self.auth.check(key, "read", filtered=True)
         status = request.query_params.get("status", "active")
         type_name = request.query_params.get("type")
         limit = _int(request, "limit", 100, 1, 1000)
