@@ -110,9 +110,12 @@ def build_app(
     streams_app, streams_store = found
     app = streams_app(
         streams_store,
-        long_poll_timeout=config.long_poll_timeout,
+        long_poll_timeout=config.long_poll_timeout or 0.001,
         sse_keepalive=config.sse_keepalive,
-        sse_reconnect=config.sse_reconnect,
+        sse_reconnect=config.sse_reconnect or 86400.0,
+        # with keys, what a stream holds is for its key holders: no shared caches
+        cache_control=("private" if config.api_keys else "public")
+        + ", max-age=60, stale-while-revalidate=300",
     )
     return create_app(runtime, config, streams=app, lifespan_hooks=(streams_store,))
 
