@@ -49,7 +49,7 @@ def test_quickstart_example_runs_on_sqlite(tmp_path: Path) -> None:
 
 def test_readme_quickstart_names_both_commands() -> None:
     readme = (ROOT / "README.md").read_text()
-    assert ".venv/bin/python examples/quickstart.py" in readme
+    assert ".venv/bin/wakeful demo" in readme  # run by tests/http/test_client_and_cli.py
     assert ".venv/bin/python -m pytest" in readme
     ci = (ROOT / ".ci" / "run").read_text()
     assert "-m pytest" in ci
