@@ -5,6 +5,8 @@ from __future__ import annotations
 import wakeful.entities
 import wakeful.runtime
 import wakeful.transports
+import wakeful.transports.client
+import wakeful.transports.http
 import wakeful.transports.jetstream
 import wakeful.transports.memory
 import wakeful.transports.sqlite
@@ -49,6 +51,13 @@ def test_transport_and_entities_all() -> None:
     assert wakeful.transports.memory.__all__ == ["MemoryStore"]
     assert wakeful.transports.sqlite.__all__ == ["SQLiteStore"]
     assert wakeful.transports.jetstream.__all__ == ["JetStreamStore"]
+    assert wakeful.transports.http.__all__ == [
+        "ApiKey",
+        "ServerConfig",
+        "create_app",
+        "streams_app",
+    ]
+    assert wakeful.transports.client.__all__ == ["ApiError", "Client", "SyncClient"]
 
 
 def test_stores_implement_the_port() -> None:
