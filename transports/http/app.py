@@ -54,7 +54,7 @@ def create_app(
             f"the API uses the paths /{', /'.join(sorted(RESERVED_TYPES))}; rename the type"
         )
     auth = Auth(config)
-    hub = Hub(runtime)
+    hub = Hub(runtime, keepalive=config.sse_keepalive)
     api = EntityAPI(runtime, config, auth, hub)
     spec = build_openapi(_version(), streams is not None)
 

@@ -4,12 +4,13 @@ signals and cancel. Every endpoint calls the public `Runtime` API only."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 import msgspec
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from wakeful.runtime import EntityInfo, Event, Runtime, make_address
@@ -19,7 +20,7 @@ from .auth import Auth
 from .config import ApiKey, ServerConfig
 from .errors import HTTPError
 from .hub import Hub
-from .sse import frame, next_cursor, sse_response
+from .sse import KEEPALIVE, frame, next_cursor, sse_response
 
 TERMINAL_KINDS = frozenset(("run.completed", "run.failed", "run.cancelled"))
 BEGINNING = "0"
@@ -368,16 +369,26 @@ class EntityAPI:
     def _log_sse(
         self, address: str, offset: str | None, cursor: str | None, head: dict[str, str]
     ) -> Response:
+        hub = self.hub
+        reconnect = self.config.sse_reconnect
+
         async def body() -> AsyncIterator[bytes]:
             last = offset or BEGINNING
-            async for batch, complete in self.hub.batches(address, offset):
+            ends = time.monotonic() + reconnect if reconnect else None
+            async for batch, complete in hub.batches(address, offset, keepalive=True):
                 if batch:
                     last = batch[-1].offset
-                    yield frame(_encode(batch), event="data")
-                yield _control(last, cursor, complete)
+                    data = hub.encode(address, batch)
+                    yield frame(data, event="data") + _control(last, cursor, complete)
+                elif complete:
+                    yield _control(last, cursor, True)
+                else:
+                    yield KEEPALIVE
+                if ends is not None and time.monotonic() >= ends:
+                    return
 
-        head.update({"Cache-Control": "no-cache"})
-        return sse_response(body(), self.config.sse_keepalive, head, self.config.sse_reconnect)
+        head.update({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return StreamingResponse(body(), media_type="text/event-stream", headers=head)
 
     # -- runs ----------------------------------------------------------------------------
 

@@ -17,21 +17,26 @@ import logging
 from collections import deque
 from collections.abc import AsyncIterator
 
+import msgspec
+
 from wakeful.runtime import Event, Runtime, StoreClosed
 
 log = logging.getLogger("wakeful.http")
 
 READ_BATCH = 500
+_encode = msgspec.json.Encoder().encode
 
 
 class _Observer:
-    __slots__ = ("dropped", "lagged", "queue", "wake")
+    __slots__ = ("dropped", "idle", "lagged", "queue", "wake")
 
     def __init__(self) -> None:
         self.queue: deque[Event] = deque()
         self.wake = asyncio.Event()
         self.dropped = False
         self.lagged = False
+        self.idle = False
+        """Set by the keepalive ticker; cleared by every delivery."""
 
 
 class _Feed:
@@ -46,19 +51,45 @@ class _Feed:
 class Hub:
     """Shared live feeds of entity streams; `close()` ends them all."""
 
-    def __init__(self, rt: Runtime, max_lag: int = 10_000) -> None:
+    def __init__(self, rt: Runtime, max_lag: int = 10_000, keepalive: float = 15.0) -> None:
         self.rt = rt
         self.max_lag = max_lag
+        self.keepalive = keepalive
         self._feeds: dict[str, _Feed] = {}
         self._closed = False
+        self._ticker: asyncio.Task[None] | None = None
+        self._encoded: dict[tuple[str, str, str, int], bytes] = {}
 
     @property
     def observers(self) -> int:
         """Observers following an entity now (the `active tails` metric)."""
         return sum(len(feed.observers) for feed in self._feeds.values())
 
+    def encode(self, address: str, batch: list[Event]) -> bytes:
+        """`batch` as a JSON array, encoded once for all the observers that get it."""
+        key = (address, batch[0].offset, batch[-1].offset, len(batch))
+        data = self._encoded.get(key)
+        if data is None:
+            data = self._encoded[key] = _encode(batch)
+            if len(self._encoded) > 256:
+                del self._encoded[next(iter(self._encoded))]
+        return data
+
+    async def _tick(self) -> None:
+        """Every `keepalive` seconds, wake the observers that got nothing since the
+        last tick (one timer for all of them, none per event)."""
+        while self._feeds:
+            for feed in self._feeds.values():
+                for observer in feed.observers:
+                    if observer.idle:
+                        observer.wake.set()
+                    observer.idle = True
+            await asyncio.sleep(self.keepalive)
+
     async def close(self) -> None:
         self._closed = True
+        if self._ticker is not None:
+            self._ticker.cancel()
         feeds, self._feeds = list(self._feeds.values()), {}
         for feed in feeds:
             for observer in feed.observers:
@@ -66,9 +97,10 @@ class Hub:
                 observer.wake.set()
             if feed.task is not None:
                 feed.task.cancel()
-        await asyncio.gather(
-            *(feed.task for feed in feeds if feed.task is not None), return_exceptions=True
-        )
+        tasks = [feed.task for feed in feeds if feed.task is not None]
+        if self._ticker is not None:
+            tasks.append(self._ticker)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def _join(self, address: str) -> tuple[_Feed, _Observer]:
         if self._closed:
@@ -79,6 +111,8 @@ class Hub:
             feed.task = asyncio.create_task(self._pump(address, feed), name=f"feed {address}")
         observer = _Observer()
         feed.observers.add(observer)
+        if self._ticker is None or self._ticker.done():
+            self._ticker = asyncio.create_task(self._tick(), name="keepalive ticker")
         return feed, observer
 
     def _leave(self, address: str, feed: _Feed, observer: _Observer) -> None:
@@ -122,10 +156,12 @@ class Hub:
                 yield event
 
     async def batches(
-        self, address: str, after: str | None = None
+        self, address: str, after: str | None = None, *, keepalive: bool = False
     ) -> AsyncIterator[tuple[list[Event], bool]]:
         """Like `follow`, in batches: what one read or one wake-up brought, and whether
-        it reaches what the store had then (the first batch may be empty)."""
+        it reaches what the store had then (the first batch may be empty). With
+        `keepalive`, an empty batch that is not complete says nothing came for about
+        `Hub.keepalive` seconds."""
         last = after
         first = True
         while True:
@@ -147,9 +183,12 @@ class Hub:
                     if not queue:
                         observer.wake.clear()
                         await observer.wake.wait()
+                        if not queue and observer.idle and keepalive and not observer.dropped:
+                            yield [], False
                         continue
                     out = [e for e in queue if last is None or e.offset > last]
                     queue.clear()
+                    observer.idle = False
                     if out:
                         last = out[-1].offset
                         yield out, True
