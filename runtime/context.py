@@ -6,7 +6,7 @@ import contextvars
 import datetime as _dt
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import msgspec
 
@@ -174,6 +174,28 @@ class Context:
         if self._driver is None:
             raise RuntimeError("this Context has no run")
         return self._driver
+
+    @overload
+    async def step(
+        self,
+        name: str,
+        fn: Callable[..., Awaitable[T]],
+        *args: Any,
+        retries: int = 0,
+        backoff: float = 0.1,
+        **kwargs: Any,
+    ) -> T: ...
+
+    @overload
+    async def step(
+        self,
+        name: str,
+        fn: Callable[..., T],
+        *args: Any,
+        retries: int = 0,
+        backoff: float = 0.1,
+        **kwargs: Any,
+    ) -> T: ...
 
     async def step(
         self,

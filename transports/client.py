@@ -76,7 +76,8 @@ def _path(address: str) -> str:
 
 async def _sse(response: httpx.Response) -> AsyncIterator[tuple[str, str, str | None]]:
     """(event, data, id) of each server-sent event; comments are skipped."""
-    event, data, id = "message", [], None
+    event, id = "message", None
+    data: list[str] = []
     async for line in response.aiter_lines():
         if not line:
             if data:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import msgspec
 
@@ -148,7 +148,7 @@ class Hub:
             if self._feeds.get(address) is feed:
                 del self._feeds[address]
 
-    async def follow(self, address: str, after: str | None = None) -> AsyncIterator[Event]:
+    async def follow(self, address: str, after: str | None = None) -> AsyncGenerator[Event, None]:
         """The entity's events after offset `after` (from the first if None), then live
         ones; never ends by itself."""
         async for batch, _ in self.batches(address, after):
@@ -157,7 +157,7 @@ class Hub:
 
     async def batches(
         self, address: str, after: str | None = None, *, keepalive: bool = False
-    ) -> AsyncIterator[tuple[list[Event], bool]]:
+    ) -> AsyncGenerator[tuple[list[Event], bool], None]:
         """Like `follow`, in batches: what one read or one wake-up brought, and whether
         it reaches what the store had then (the first batch may be empty). With
         `keepalive`, an empty batch that is not complete says nothing came for about
