@@ -5,8 +5,8 @@ is `/{name}`. PUT creates (or forks, or confirms), POST appends and/or closes,
 GET reads (catch-up, `live=long-poll`, `live=sse`), HEAD describes, DELETE
 deletes, OPTIONS answers CORS preflights. See docs/durable-streams.md.
 
-The endpoint is one raw ASGI callable (no Request/Response objects on the hot
-path); Starlette provides the routing and the mount.
+The app is one raw ASGI callable (no routing table, middleware or
+Request/Response objects on the hot path); mount it with Starlette's `Mount`.
 """
 
 from __future__ import annotations
@@ -17,9 +17,6 @@ import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
-
-from starlette.applications import Starlette
-from starlette.routing import Route
 
 from . import streams_protocol as wire
 from .streamstore import (
@@ -47,6 +44,7 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 Headers = list[tuple[bytes, bytes]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 PUBLIC_CACHE = "public, max-age=60, stale-while-revalidate=300"
 ALLOW_METHODS = b"GET, POST, PUT, DELETE, HEAD, OPTIONS"
@@ -118,12 +116,19 @@ class _Streams:
         self.cache = (b"cache-control", cache_control.encode("latin-1"))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await _not_http(scope, receive, send)
+            return
         method = scope["method"]
         try:
             if method == "OPTIONS":
                 await self._respond(send, 204, [(b"access-control-max-age", b"86400")])
                 return
-            name = wire.check_name(scope["path_params"]["name"])
+            path: str = scope["path"]
+            root: str = scope.get("root_path", "")
+            if root and path.startswith(root):
+                path = path[len(root) :]
+            name = wire.check_name(path.removeprefix("/"))
             headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
             if method == "GET":
                 await self._get(scope, receive, send, name, headers)
@@ -591,6 +596,20 @@ class _Streams:
                 return  # deleted or expired: the reader learns it when it reconnects
 
 
+async def _not_http(scope: Scope, receive: Receive, send: Send) -> None:
+    """Lifespan (when served on its own) has nothing to do; websockets are refused."""
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    elif scope["type"] == "websocket":
+        await send({"type": "websocket.close", "code": 1003})
+
+
 class _TooLarge(Exception):
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -640,8 +659,10 @@ def streams_app(
     max_body: int = 16 * 1024 * 1024,
     read_limit: int = 1024 * 1024,
     cache_control: str = PUBLIC_CACHE,
-) -> Starlette:
-    """The Durable Streams protocol for `store`, to mount at `/v1/stream`.
+) -> ASGIApp:
+    """The Durable Streams protocol for `store` as an ASGI app: mount it at
+    `/v1/stream` (`Mount("/v1/stream", app=streams_app(store))`); the path below
+    the mount is the stream's name. The store's lifecycle is the caller's.
 
     - `long_poll_timeout`: how long `live=long-poll` waits before 204;
     - `sse_keepalive`: seconds between keep-alive control events on an idle SSE
@@ -657,7 +678,7 @@ def streams_app(
     """
     if long_poll_timeout <= 0 or sse_keepalive <= 0 or sse_reconnect <= 0:
         raise ValueError("long_poll_timeout, sse_keepalive and sse_reconnect are seconds > 0")
-    endpoint = _Streams(
+    return _Streams(
         store,
         long_poll_timeout=long_poll_timeout,
         sse_keepalive=sse_keepalive,
@@ -666,4 +687,3 @@ def streams_app(
         read_limit=read_limit,
         cache_control=cache_control,
     )
-    return Starlette(routes=[Route("/{name:path}", endpoint)])

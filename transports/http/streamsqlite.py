@@ -269,21 +269,27 @@ WriteFn = Callable[[_SQLiteTx], tuple[Any, set[str]]]
 def _apply_group(
     conn: sqlite3.Connection, ops: list[WriteFn]
 ) -> list[tuple[Any, set[str]] | BaseException]:
-    """One transaction for a group of writes; each in a savepoint of its own."""
+    """One transaction for a group of writes; each in a savepoint of its own (a lone
+    write needs none: its failure rolls the transaction back)."""
     outcomes: list[tuple[Any, set[str]] | BaseException] = []
     tx = _SQLiteTx(conn)
+    alone = len(ops) == 1
     conn.execute("BEGIN IMMEDIATE")
     try:
         for op in ops:
-            conn.execute("SAVEPOINT op")
+            if not alone:
+                conn.execute("SAVEPOINT op")
             try:
                 outcome = op(tx)
             except Exception as exc:
-                conn.execute("ROLLBACK TO op")
+                conn.execute("ROLLBACK" if alone else "ROLLBACK TO op")
+                if alone:
+                    return [exc]
                 conn.execute("RELEASE op")
                 outcomes.append(exc)
             else:
-                conn.execute("RELEASE op")
+                if not alone:
+                    conn.execute("RELEASE op")
                 outcomes.append(outcome)
         conn.execute("COMMIT")
     except BaseException:
