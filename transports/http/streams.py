@@ -18,6 +18,8 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from wakeful.runtime.errors import StoreClosed
+
 from . import streams_protocol as wire
 from .streamstore import (
     NOW,
@@ -146,6 +148,9 @@ class _Streams:
                 await self._respond(send, 405, [(b"allow", ALLOW_METHODS)], body, text=True)
         except StreamError as exc:
             await self._respond(send, exc.status, [], str(exc).encode(), text=True)
+        except StoreClosed:
+            body = b"the stream store is closed (the server is stopping); retry shortly"
+            await self._respond(send, 503, [(b"retry-after", b"1")], body, text=True)
         except _Started:
             pass
 
@@ -577,7 +582,10 @@ class _Streams:
                 announce = False
             if not result.up_to_date:
                 wake.event.clear()
-                result = await self.store.read(name, result.next, self.read_limit)
+                next_page = await self._sse_read(name, result.next)
+                if next_page is None:
+                    return
+                result = next_page
                 continue
             while True:
                 remaining = ends - loop.time()
@@ -590,10 +598,18 @@ class _Streams:
             wake.event.clear()
             if wake.left or self.store.watchers.closed:
                 return
-            try:
-                result = await self.store.read(name, result.next, self.read_limit)
-            except StreamError:
-                return  # deleted or expired: the reader learns it when it reconnects
+            next_page = await self._sse_read(name, result.next)
+            if next_page is None:
+                return
+            result = next_page
+
+    async def _sse_read(self, name: str, after: Offset) -> ReadResult | None:
+        """The next page for an SSE reader; None when the stream went away (deleted,
+        expired) or the store is closing: the reader learns which when it reconnects."""
+        try:
+            return await self.store.read(name, after, self.read_limit)
+        except (StreamError, StoreClosed):
+            return None
 
 
 async def _not_http(scope: Scope, receive: Receive, send: Send) -> None:
