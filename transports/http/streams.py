@@ -60,10 +60,13 @@ EXPOSE_HEADERS = (
     b"stream-expires-at, stream-sse-data-encoding, producer-epoch, producer-seq, "
     b"producer-expected-seq, producer-received-seq, etag, location, content-type"
 )
-COMMON: Headers = [
-    (b"access-control-allow-origin", b"*"),
+PREFLIGHT: Headers = [
     (b"access-control-allow-methods", ALLOW_METHODS),
     (b"access-control-allow-headers", ALLOW_HEADERS),
+    (b"access-control-max-age", b"86400"),
+]
+COMMON: Headers = [
+    (b"access-control-allow-origin", b"*"),
     (b"access-control-expose-headers", EXPOSE_HEADERS),
     (b"x-content-type-options", b"nosniff"),
     (b"cross-origin-resource-policy", b"cross-origin"),
@@ -124,7 +127,7 @@ class _Streams:
         method = scope["method"]
         try:
             if method == "OPTIONS":
-                await self._respond(send, 204, [(b"access-control-max-age", b"86400")])
+                await self._respond(send, 204, PREFLIGHT)
                 return
             path: str = scope["path"]
             root: str = scope.get("root_path", "")
@@ -161,8 +164,6 @@ class _Streams:
         send: Send, status: int, headers: Headers, body: bytes = b"", *, text: bool = False
     ) -> None:
         out = COMMON + headers
-        if status in (200, 204) and not any(k == b"cache-control" for k, _ in headers):
-            out.append(NO_STORE)
         if text:
             out.append((b"content-type", b"text/plain; charset=utf-8"))
         if status not in (204, 304):
@@ -501,6 +502,7 @@ class _Streams:
                     (NEXT, format_offset(result.next).encode()),
                     UP_TO_DATE,
                     (b"stream-cursor", wire.cursor(client_cursor).encode()),
+                    NO_STORE,
                 ]
                 if result.info.closed:
                     out.append(CLOSED)
