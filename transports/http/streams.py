@@ -99,7 +99,7 @@ async def _watch_disconnect(receive: Receive, wake: _Wake) -> None:
 
 
 class _Streams:
-    """The ASGI endpoint behind `/{name:path}`."""
+    """The ASGI app: the path below its mount point names the stream."""
 
     def __init__(
         self,

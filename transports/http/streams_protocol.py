@@ -82,7 +82,7 @@ def parse_ttl(value: str) -> int:
 
 def parse_expires_at(value: str) -> float:
     try:
-        at = datetime.fromisoformat(value.strip())
+        at = datetime.fromisoformat(value.strip().upper())
     except ValueError:
         at = None
     if at is None or at.tzinfo is None:
