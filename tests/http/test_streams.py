@@ -305,3 +305,18 @@ async def test_memory_store_is_reusable_after_close() -> None:
         await store.create("m", CreateSpec("text/plain", body=b"x"))
     async with store:
         assert (await store.info("m")).tail.n == 1
+
+
+async def test_sse_keeps_alive_then_ends_for_reconnect(streams_store: Any) -> None:
+    app = streams_test_app(streams_store, sse_keepalive=0.1, sse_reconnect=0.45, max_body=10)
+    async with serve(app) as url, httpx.AsyncClient(base_url=f"{url}/v1/stream") as http:
+        tail = (await http.put("/k", headers=TEXT, content=b"x")).headers[NEXT]
+        too_big = await http.post("/k", headers=TEXT, content=b"0123456789!")
+        assert too_big.status_code == 413
+        started = time.monotonic()
+        params = {"offset": tail, "live": "sse"}
+        async with http.stream("GET", "/k", params=params) as response:
+            got = [(kind, json.loads(data)) async for kind, data in sse_events(response)]
+        assert 0.4 < time.monotonic() - started < 3  # the server ended the response
+        assert [kind for kind, _ in got] == ["control"] * len(got) and len(got) >= 3
+        assert all(c["streamNextOffset"] == tail and c["upToDate"] for _, c in got)
