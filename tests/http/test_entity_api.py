@@ -267,3 +267,32 @@ async def test_client_disconnect_does_not_stop_the_run(store: EventStore) -> Non
         await s.rt.idle()
         [run] = await s.rt.runs(address="/gated/g2", status=None)
         assert run.status == "completed"
+
+
+@pytest.mark.parametrize("store_kind", ["sqlite"], indirect=True)
+async def test_idle_streams_get_keepalives_and_the_log_sse_ends_for_a_reconnect(
+    store: EventStore,
+) -> None:
+    from wakeful.transports.http.config import ServerConfig
+
+    config = ServerConfig(sse_keepalive=0.2, sse_reconnect=1.0, long_poll_timeout=1.0)
+    async with served(store, config) as s:
+        lines: list[str] = []
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        async with s.http.stream(
+            "GET", "/echo/idle/main", params={"offset": "now", "live": "sse"}
+        ) as r:
+            async for line in r.aiter_lines():  # ends when the server closes the response
+                lines.append(line)
+        took = loop.time() - started
+        assert lines.count(": keepalive") >= 2
+        assert 0.9 <= took < 3.0
+        gates["k1"] = asyncio.Event()
+        async with s.http.stream("POST", "/gated/k1?stream=true", json={}) as r:
+            seen = []
+            async for line in r.aiter_lines():
+                seen.append(line)
+                if seen.count(": keepalive") == 2:  # the run waits on its gate: idle
+                    break
+        gates["k1"].set()
