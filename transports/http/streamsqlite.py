@@ -299,6 +299,11 @@ def _apply_group(
     return outcomes
 
 
+def _any_expiring(tx: _SQLiteTx) -> bool:
+    now = time.time()
+    return bool(tx.expiring(now))
+
+
 def _read_snapshot(conn: sqlite3.Connection, fn: Callable[[_SQLiteTx], T]) -> T:
     conn.execute("BEGIN")
     try:
@@ -480,7 +485,10 @@ class SQLiteStreams(AsyncResource):
             await asyncio.sleep(self.sweep_interval)
             if self._touched:
                 await self._write(self._flush_touched_op())
-            await self._write(self._sweep_op)
+            # Look first on the reader, so an idle sweep never takes the write lock.
+            due = await _in_thread(self._reader_db(), _read_snapshot, _any_expiring)
+            if due:
+                await self._write(self._sweep_op)
 
     def _sweep_op(self, tx: _SQLiteTx) -> tuple[None, set[str]]:
         return None, streamlog.sweep(tx, time.time(), self._last_touch)
