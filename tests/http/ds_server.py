@@ -24,7 +24,7 @@ from wakeful.transports.http.streamstore import MemoryStreams, SQLiteStreams, St
 def build(store: StreamStore, long_poll_timeout: float) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with store:  # type: ignore[attr-defined]
+        async with store:
             yield
 
     app = streams_app(store, long_poll_timeout=long_poll_timeout)

@@ -39,12 +39,12 @@ NEXT = "stream-next-offset"
 
 async def sse_events(response: httpx.Response) -> AsyncIterator[tuple[str, str]]:
     """(event, data) pairs of an SSE response, data lines joined by newlines."""
-    kind, data = "", []
+    kind, data = "", list[str]()
     async for line in response.aiter_lines():
         if not line:
             if kind:
                 yield kind, "\n".join(data)
-            kind, data = "", []
+            kind, data = "", list[str]()
         elif line.startswith("event:"):
             kind = line[6:].strip()
         elif line.startswith("data:"):

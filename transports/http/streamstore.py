@@ -8,7 +8,8 @@ both run the same semantics (`streamlog.py`) over their own storage.
 
 from __future__ import annotations
 
-from typing import Literal, Protocol
+from types import TracebackType
+from typing import Literal, Protocol, Self
 
 from .streammemory import MemoryStreams
 from .streamsqlite import SQLiteStreams
@@ -79,6 +80,15 @@ class StreamStore(Protocol):
     async def open(self) -> None: ...
 
     async def close(self) -> None: ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
 
     async def create(self, name: str, spec: CreateSpec) -> CreateResult:
         """Create `name` (201) or confirm it exists with this configuration (200)."""
