@@ -12,7 +12,8 @@ Servers, each started here as a subprocess on a free loopback port:
 
 The Node server is installed with npm into the same cache dir as .ci/conformance
 uses (`${XDG_CACHE_HOME:-~/.cache}/wakeful-conformance`) when it is not there.
-All servers get the same load from one Python httpx client in this process:
+All servers get the same load from this process, through the raw keep-alive client
+of `_http.py` (httpx would measure itself: it tops out near 300 requests/s):
 `--writers` concurrent writers appending `--appends` small JSON messages each to
 one JSON stream, then one writer appending `--sequential` messages one after
 another. All servers run at once and are loaded in turns; each figure is the
@@ -34,10 +35,12 @@ import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _http import Connection
 from _stores import write_json
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -148,13 +151,19 @@ async def load(
     assert created.status_code == 201, created.text
     latencies: list[float] = []
 
+    path = urlsplit(stream).path
+
     async def writer(w: int) -> None:
-        for i in range(appends):
-            body = b'{"writer":%d,"i":%d,"text":"a small message of about 64 bytes"}' % (w, i)
-            started = time.perf_counter()
-            response = await http.post(stream, headers=headers, content=body)
-            latencies.append(time.perf_counter() - started)
-            assert response.status_code == 204, response.text
+        conn = await Connection.open(server.url)
+        try:
+            for i in range(appends):
+                body = b'{"writer":%d,"i":%d,"text":"a small message of about 64 bytes"}' % (w, i)
+                started = time.perf_counter()
+                status, _, content = await conn.request("POST", path, body, headers)
+                latencies.append(time.perf_counter() - started)
+                assert status == 204, content
+        finally:
+            await conn.close()
 
     cpu = server.cpu()
     started = time.perf_counter()
