@@ -9,45 +9,24 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
+from wakeful.transports.cli import serving
 from wakeful.transports.http.streams import streams_app
 from wakeful.transports.http.streamstore import MemoryStreams, SQLiteStreams, StreamStore
 
 STREAM_STORES = ("memory", "sqlite")
 
 
-@contextlib.asynccontextmanager
-async def serve(app: Any, host: str = "127.0.0.1") -> AsyncIterator[str]:
-    """Serve `app` with uvicorn on a free port of `host` until the block ends."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, 0))
-    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=1)
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]), name="uvicorn")
-    try:
-        while not server.started:
-            if task.done():
-                await task  # raises why it could not start
-                raise RuntimeError("uvicorn stopped while starting")
-            await asyncio.sleep(0.01)
-        yield f"http://{host}:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        await task
-        sock.close()
+serve = serving
+"""Serve any ASGI app with uvicorn on a free loopback port (the CLI's own helper)."""
 
 
 def make_stream_store(kind: str, path: Path) -> StreamStore:

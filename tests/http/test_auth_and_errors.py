@@ -177,3 +177,27 @@ async def test_an_unreachable_store_is_a_503_not_a_crash(tmp_path: Path) -> None
         r = await s.http.post("/echo/a", json={"payload": 1})
         assert r.status_code == 503
         assert (await s.http.get("/healthz")).status_code == 503
+
+
+async def test_browsers_may_call_the_entity_api_from_any_origin(tmp_path: Path) -> None:
+    config = ServerConfig(api_keys=KEYS)
+    async with served(SQLiteStore(tmp_path / "cors.db"), config) as s:
+        preflight = await s.http.options(
+            "/echo/a/main",
+            headers={
+                "Origin": "https://app.example",
+                "Access-Control-Request-Method": "GET",
+                "Access-Control-Request-Headers": "authorization",
+            },
+        )
+        assert preflight.status_code == 204  # no key needed: browsers send none here
+        assert "authorization" in preflight.headers["access-control-allow-headers"]
+        r = await s.http.get(
+            "/echo/a/main", headers={"Origin": "https://app.example", **bearer("reader-token")}
+        )
+        assert r.status_code == 200
+        assert r.headers["access-control-allow-origin"] == "*"
+        assert "stream-next-offset" in r.headers["access-control-expose-headers"]
+        denied = await s.http.get("/echo/a/main", headers={"Origin": "https://app.example"})
+        assert denied.status_code == 401  # the CORS headers let the page read the error
+        assert denied.headers["access-control-allow-origin"] == "*"

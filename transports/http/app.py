@@ -16,7 +16,7 @@ from starlette.types import ASGIApp
 
 from wakeful.runtime import Runtime, WakefulError
 
-from .auth import Auth, GuardStreams
+from .auth import CORS, Auth, GuardStreams
 from .config import ServerConfig
 from .entities import RESERVED_TYPES, EntityAPI, json_response
 from .errors import HTTPError, handle
@@ -100,7 +100,9 @@ def create_app(
         TimeoutError: handle,
         Exception: handle,
     }
-    return Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
+    app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
+    app.add_middleware(CORS)
+    return app
 
 
 def _line(name: str, value: float, labels: dict[str, str] | None = None) -> str:

@@ -7,7 +7,7 @@ import hashlib
 import hmac
 import ipaddress
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .config import ApiKey, ServerConfig
 from .errors import HTTPError, error_response
@@ -124,3 +124,50 @@ class GuardStreams:
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+class CORS:
+    """Cross-origin access to the entity API for browser clients (keys travel as bearer
+    headers, not cookies, so any origin may call): answers preflights and exposes the
+    Durable Streams headers. The generic streams under `skip` set their own."""
+
+    PREFLIGHT = [
+        (b"access-control-allow-origin", b"*"),
+        (b"access-control-allow-methods", b"GET, POST, HEAD, OPTIONS"),
+        (
+            b"access-control-allow-headers",
+            b"authorization, content-type, idempotency-key, last-event-id, if-none-match",
+        ),
+        (b"access-control-max-age", b"86400"),
+    ]
+    EXPOSE = [
+        (b"access-control-allow-origin", b"*"),
+        (
+            b"access-control-expose-headers",
+            b"stream-next-offset, stream-up-to-date, stream-cursor, etag, wakeful-offset",
+        ),
+    ]
+
+    def __init__(self, app: ASGIApp, skip: str = "/v1/stream/") -> None:
+        self.app = app
+        self.skip = skip
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"].startswith(self.skip):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        if scope["method"] == "OPTIONS" and b"access-control-request-method" in headers:
+            await send({"type": "http.response.start", "status": 204, "headers": self.PREFLIGHT})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        if b"origin" not in headers:
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_cors(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *self.EXPOSE]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_cors)
