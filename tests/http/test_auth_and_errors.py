@@ -201,3 +201,20 @@ async def test_browsers_may_call_the_entity_api_from_any_origin(tmp_path: Path) 
         denied = await s.http.get("/echo/a/main", headers={"Origin": "https://app.example"})
         assert denied.status_code == 401  # the CORS headers let the page read the error
         assert denied.headers["access-control-allow-origin"] == "*"
+
+
+async def test_a_bad_offset_is_a_400_before_any_stream_starts(tmp_path: Path) -> None:
+    async with served(SQLiteStore(tmp_path / "offsets.db")) as s:
+        await s.http.post("/echo/o1", json={"payload": 1})
+        await s.rt.idle()
+        [run] = await s.rt.runs(address="/echo/o1", status=None)
+        for method, path, kw in (
+            ("GET", "/echo/o1/main", {"params": {"offset": "abc", "live": "sse"}}),
+            ("GET", "/echo/o1/main", {"params": {"offset": "abc", "live": "long-poll"}}),
+            ("GET", f"/runs/{run.run}/stream", {"params": {"offset": "abc"}}),
+            ("POST", "/echo/o1?stream=true", {"json": {}, "headers": {"Last-Event-ID": "x"}}),
+        ):
+            r = await s.http.request(method, path, **kw)  # type: ignore[arg-type]
+            assert r.status_code == 400, (path, r.text)
+            assert "offset" in r.json()["error"]["message"]
+        assert len(await s.rt.runs(address="/echo/o1", status=None)) == 1  # nothing was sent

@@ -220,9 +220,11 @@ class EntityAPI:
         if not _wants_sse(request):
             offset = await self.rt.send(address, message.payload, key=key, mode=message.mode)
             return json_response(Accepted(address, offset), 202)
+        resume = request.headers.get("last-event-id") or None
+        if resume is not None:  # a bad offset is a 400, before anything is sent
+            await self.rt.read(address, after=resume, limit=1)
         before = (await self.rt.describe(address)).offset
         offset = await self.rt.send(address, message.payload, key=key, mode=message.mode)
-        resume = request.headers.get("last-event-id") or None
         body_iter = self._message_run(address, offset, before, resume)
         return sse_response(body_iter, self.config.sse_keepalive, {"Wakeful-Offset": offset})
 
@@ -313,6 +315,7 @@ class EntityAPI:
             head.update({"Stream-Next-Offset": tail, "Cache-Control": "no-store"})
             return Response(b"", 200, head, media_type="application/json")
         if live == "sse":
+            await self.rt.read(address, after=offset, limit=1)  # a bad offset is a 400 now
             return self._log_sse(address, offset, params.get("cursor"), head)
         if raw == "now" and live is None:
             head.update(
@@ -428,7 +431,9 @@ class EntityAPI:
         if resume in ("-1", BEGINNING):
             resume = None
         run = record.run
-        if resume is None:
+        if resume is not None:
+            await self.rt.read(record.address, after=resume, limit=1)  # a bad one is a 400
+        else:
             runs = (await self.rt.state(record.address)).get("runs", {})
             resume = runs.get(run, {}).get("after")
 
