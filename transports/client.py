@@ -312,6 +312,8 @@ class Client:
                 async with self._http.stream(
                     method, path, params=params, json=json, headers=headers
                 ) as response:
+                    if response.status_code in (502, 503, 504):
+                        raise _Unavailable(response.status_code)  # a restart: retry
                     if not response.is_success:
                         await response.aread()
                         _raise_for(response)
@@ -321,7 +323,7 @@ class Client:
                 # The server ended the stream: a Durable Streams read does every minute,
                 # and a run's stream ends before its terminal event only when the server
                 # stops. Either way, go on from where we are.
-            except RETRYABLE as exc:
+            except (*RETRYABLE, _Unavailable) as exc:
                 now = loop.time()
                 failed_since = failed_since or now
                 if now - failed_since > self.retry_for:
@@ -329,6 +331,11 @@ class Client:
                 log.info("stream %s dropped (%r); reconnecting", path, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
+
+
+class _Unavailable(Exception):
+    """The server answered 502/503/504: it is starting, stopping or behind a proxy that
+    lost it; a stream retries."""
 
 
 class _Resume:
