@@ -8,8 +8,9 @@ prefix `wkds`):
   `streamlog.Meta` and its producers' states, msgpack), written with
   `Nats-Rollup: sub` so only the newest stays. An empty message is a tombstone
   (the name is free). The name token is the name in unpadded base64url.
-- `<prefix>.d.<id>.<n>`: the stream's `n`-th append (the bytes; `Ds-M` and
-  `Ds-Count` headers). Ids are random 52-bit integers, so a name used again
+- `<prefix>.d.<id>.<n>.<part>`: the stream's `n`-th append (the bytes; `Ds-M`,
+  `Ds-Count` and, when an append exceeds the server's `max_payload` and is split,
+  `Ds-Parts` headers on part 0). Ids are random 52-bit integers, so a name used again
   after a removal never sees the old rows.
 
 Every request runs the semantics of `streamlog` (the same as `MemoryStreams`
@@ -79,6 +80,7 @@ T = TypeVar("T")
 CONFLICT_CODES = (10071, 10164)
 DIRECT_BATCH = 256
 MAX_ATTEMPTS = 50
+PAYLOAD_HEADROOM = 8 * 1024
 TRANSIENT = (
     nats.errors.TimeoutError,
     nats.errors.NoRespondersError,
@@ -290,8 +292,11 @@ class JetStreamStreams(AsyncResource):
     def _meta_subject(self, name: str) -> str:
         return f"{self.prefix}.m.{name_token(name)}"
 
-    def _row_subject(self, id: int, n: int) -> str:
-        return f"{self.prefix}.d.{id}.{n}"
+    def _row_subject(self, id: int, n: int, part: int) -> str:
+        return f"{self.prefix}.d.{id}.{n}.{part}"
+
+    def _rows_of(self, id: int) -> str:
+        return f"{self.prefix}.d.{id}.>"
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -428,25 +433,41 @@ class JetStreamStreams(AsyncResource):
     async def _load_rows(self, snap: _Snapshot, key: tuple[int, int, int, int]) -> None:
         id, after, upto, limit = key
         out: list[Row] = []
-        first = await self._direct({"last_by_subj": self._row_subject(id, after + 1)})
+        first = await self._direct({"last_by_subj": self._row_subject(id, after + 1, 0)})
         if first:
             seq = int((first[0].headers or {})["Nats-Sequence"])
             taken = 0
+            parts: list[bytes] = []
+            row: Row | None = None
+            wanted = 0
             done = False
             while not done:
-                want = max(1, min(DIRECT_BATCH, upto - after - len(out)))
                 batch = await self._direct(
-                    {"seq": seq, "next_by_subj": f"{self.prefix}.d.{id}.*", "batch": want}
+                    {"seq": seq, "next_by_subj": self._rows_of(id), "batch": DIRECT_BATCH}
                 )
                 for msg in batch:
                     h = msg.headers or {}
-                    n = int(h["Nats-Subject"].rsplit(".", 1)[-1])
-                    if n > upto or (out and taken >= limit):
-                        done = True
-                        break
-                    out.append(Row(n, int(h["Ds-M"]), msg.data, int(h.get("Ds-Count", "1"))))
-                    taken += len(msg.data)
-                if len(batch) < want or not batch:
+                    _, n_text, k_text = h["Nats-Subject"].rsplit(".", 2)
+                    n, k = int(n_text), int(k_text)
+                    if k == 0:
+                        if n > upto or (out and taken >= limit):
+                            done = True
+                            break
+                        row = Row(n, int(h["Ds-M"]), b"", int(h.get("Ds-Count", "1")))
+                        wanted = int(h.get("Ds-Parts", "1"))
+                        parts = []
+                    if row is None or n != row.n:
+                        continue  # a part of a row before the first (cannot happen)
+                    parts.append(msg.data)
+                    if len(parts) == wanted:
+                        row.data = parts[0] if wanted == 1 else b"".join(parts)
+                        out.append(row)
+                        taken += len(row.data)
+                        row = None
+                        if n >= upto:
+                            done = True
+                            break
+                if len(batch) < DIRECT_BATCH:
                     break
                 seq = int((batch[-1].headers or {})["Nats-Sequence"]) + 1
         snap.rows[key] = out
@@ -540,9 +561,16 @@ class JetStreamStreams(AsyncResource):
             }
             body = b"" if state is None else _encode(state)
             messages.append((self._meta_subject(name), body, headers))
+        size = self._part_size()
         for id, row in tx.new_rows:
+            # An append larger than the server's max_payload travels in parts (in the
+            # same atomic batch), each its own message.
+            pieces = [row.data[i : i + size] for i in range(0, len(row.data), size)] or [b""]
             headers = {"Ds-M": str(row.m), "Ds-Count": str(row.count)}
-            messages.append((self._row_subject(id, row.n), row.data, headers))
+            if len(pieces) > 1:
+                headers["Ds-Parts"] = str(len(pieces))
+            for k, piece in enumerate(pieces):
+                messages.append((self._row_subject(id, row.n, k), piece, headers if k == 0 else {}))
         try:
             await self._publish(messages)
         except _PublishError as exc:
@@ -555,11 +583,15 @@ class JetStreamStreams(AsyncResource):
                 return
             raise _Conflict from exc
 
+    def _part_size(self) -> int:
+        """The bytes of an append that fit one message, leaving room for headers."""
+        return max(1024, self._conn().max_payload - PAYLOAD_HEADROOM)
+
     async def _purge(self, id: int) -> None:
         """Drop the rows of a removed stream (garbage: nothing reads them any more)."""
         js = self._conn().jetstream()
         try:
-            await js.purge_stream(self.stream, subject=f"{self.prefix}.d.{id}.*")
+            await js.purge_stream(self.stream, subject=self._rows_of(id))
         except (nats.errors.Error, nats.js.errors.Error) as exc:
             log.warning("could not purge the rows of removed stream %d: %r", id, exc)
 
