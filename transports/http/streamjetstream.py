@@ -23,8 +23,9 @@ processes therefore never interleave: the loser of a race gets a conflict
 (10071/10164), reloads and runs the request again. The producer state travels
 in the state message, so producer dedupe and the append are one atomic write.
 
-Live readers are woken by local commits and by a core subscription to
-`<prefix>.m.*`: a writer in another process wakes them too.
+Live readers are woken by local commits and by an ordered push consumer on
+`<prefix>.m.*` (new messages only, headers only): a writer in another process
+wakes them too, once its write is stored.
 
 TTL renewals by reads are kept in memory and written to the state message every
 `sweep_interval` seconds; expired streams read as deleted at once and are
@@ -38,6 +39,7 @@ import asyncio
 import base64
 import contextlib
 import logging
+import random
 import secrets
 import time
 import uuid
@@ -79,7 +81,6 @@ log = logging.getLogger("wakeful.http.streamjetstream")
 T = TypeVar("T")
 CONFLICT_CODES = (10071, 10164)
 DIRECT_BATCH = 256
-MAX_ATTEMPTS = 50
 PAYLOAD_HEADROOM = 8 * 1024
 TRANSIENT = (
     nats.errors.TimeoutError,
@@ -285,6 +286,8 @@ class JetStreamStreams(AsyncResource):
         self._nc: Client | None = None
         self._sub: Subscription | None = None
         self._touched: dict[int, tuple[str, float]] = {}
+        self._locks: dict[str, list[Any]] = {}
+        """Per stream name written here: [lock, number of writers holding or awaiting it]."""
         self._background = _local.Background("wakeful-jetstream-streams")
 
     # -- subjects ------------------------------------------------------------------
@@ -318,7 +321,17 @@ class JetStreamStreams(AsyncResource):
                 with contextlib.suppress(ValueError):
                     watchers.notify([token_name(token)])
 
-            self._sub = await nc.subscribe(f"{self.prefix}.m.*", cb=changed)
+            # A JetStream consumer, not a core subscription: a core subscriber may get a
+            # message before JetStream has stored it (an atomic batch's first messages
+            # even before its commit), and a reader woken then would find nothing new
+            # and sleep through the write. A consumer delivers what is stored.
+            self._sub = await nc.jetstream().subscribe(
+                f"{self.prefix}.m.*",
+                cb=changed,
+                ordered_consumer=True,
+                deliver_policy=api.DeliverPolicy.NEW,
+                headers_only=True,
+            )
         except BaseException:
             await nc.close()
             raise
@@ -384,8 +397,11 @@ class JetStreamStreams(AsyncResource):
         except (TimeoutError, WakefulError, nats.errors.Error) as exc:
             log.warning("could not write TTL renewals at close: %r", exc)
         finally:
+            sub, self._sub = self._sub, None
             self._nc = None
-            self._sub = None
+            if sub is not None and nc.is_connected:
+                with contextlib.suppress(nats.errors.Error, nats.js.errors.Error):
+                    await sub.unsubscribe()  # deletes its ephemeral consumer now
             await nc.close()
 
     def _conn(self) -> Client:
@@ -519,9 +535,12 @@ class JetStreamStreams(AsyncResource):
     # -- running streamlog -----------------------------------------------------------
 
     async def _run(self, op: Op[T], *, everything: bool = False) -> tuple[T, set[str]]:
-        """Run `op` on a fresh snapshot and commit what it wrote; again on a conflict.
-        Returns its result and the names it changed."""
-        for _ in range(MAX_ATTEMPTS):
+        """Run `op` on a fresh snapshot and commit what it wrote; again on a conflict
+        (after a short random pause, so racing processes spread out), for up to
+        `retry_for` seconds. Returns its result and the names it changed."""
+        deadline = time.monotonic() + self.retry_for
+        pause = 0.001
+        while True:
             snap = _Snapshot()
             if everything:
                 await self._load_all(snap)
@@ -540,14 +559,33 @@ class JetStreamStreams(AsyncResource):
             try:
                 await self._commit(snap, tx)
             except _Conflict:
+                if time.monotonic() + pause > deadline:
+                    raise StreamConflict(
+                        f"gave up after {self.retry_for}s: other writers kept changing the "
+                        "same streams; try again"
+                    ) from None
+                await asyncio.sleep(random.uniform(0, pause))
+                pause = min(pause * 2, 0.05)
                 continue
             for id in tx.removed:
                 await self._purge(id)
             return result, set(tx.writes)
-        raise StreamConflict(
-            f"gave up after {MAX_ATTEMPTS} tries: other writers kept changing the same "
-            "streams; try again"
-        )
+
+    async def _write(self, name: str, op: Op[T]) -> tuple[T, set[str]]:
+        """`_run` for a write to `name`, one at a time per name in this process: local
+        writers queue instead of racing (the guard still fences other processes)."""
+        entry = self._locks.get(name)
+        if entry is None:
+            entry = self._locks[name] = [asyncio.Lock(), 0]
+        lock: asyncio.Lock = entry[0]
+        entry[1] += 1
+        try:
+            async with lock:
+                return await self._run(op)
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0:
+                del self._locks[name]
 
     async def _commit(self, snap: _Snapshot, tx: _SnapshotTx) -> None:
         commit_id = uuid.uuid4().hex[:20]
@@ -611,7 +649,7 @@ class JetStreamStreams(AsyncResource):
                     meta.accessed = at
                     tx.save(meta)
 
-            await self._run(renew)
+            await self._write(name, renew)
 
     async def _sweep_loop(self) -> None:
         while True:
@@ -630,8 +668,8 @@ class JetStreamStreams(AsyncResource):
     async def create(self, name: str, spec: CreateSpec) -> CreateResult:
         self._conn()
         touched = self._last_touch
-        result, changed = await self._run(
-            lambda tx: streamlog.create(tx, name, spec, time.time(), touched)
+        result, changed = await self._write(
+            name, lambda tx: streamlog.create(tx, name, spec, time.time(), touched)
         )
         self.watchers.notify(changed)
         return result
@@ -639,8 +677,8 @@ class JetStreamStreams(AsyncResource):
     async def append(self, name: str, spec: AppendSpec) -> AppendOutcome:
         self._conn()
         touched = self._last_touch
-        (outcome, _), changed = await self._run(
-            lambda tx: streamlog.append(tx, name, spec, time.time(), touched)
+        (outcome, _), changed = await self._write(
+            name, lambda tx: streamlog.append(tx, name, spec, time.time(), touched)
         )
         self.watchers.notify(changed)
         return outcome
@@ -666,7 +704,9 @@ class JetStreamStreams(AsyncResource):
     async def delete(self, name: str) -> None:
         self._conn()
         touched = self._last_touch
-        _, changed = await self._run(lambda tx: streamlog.delete(tx, name, time.time(), touched))
+        _, changed = await self._write(
+            name, lambda tx: streamlog.delete(tx, name, time.time(), touched)
+        )
         self.watchers.notify(changed)
 
 
