@@ -28,9 +28,10 @@ Live readers are woken by local commits and by an ordered push consumer on
 wakes them too, once its write is stored.
 
 TTL renewals by reads are kept in memory and written to the state message every
-`sweep_interval` seconds; expired streams read as deleted at once and are
-removed by the sweeper (it loads every state message with one multi-last direct
-get, so it suits thousands of streams, not millions).
+second (another process may see a renewal up to that much late). Expired
+streams read as deleted at once; every `sweep_interval` seconds (default 10)
+each process removes them, after reading every stream's state message (a scan:
+fine for thousands of streams, not for millions).
 """
 
 from __future__ import annotations
@@ -82,6 +83,8 @@ T = TypeVar("T")
 CONFLICT_CODES = (10071, 10164)
 DIRECT_BATCH = 256
 PAYLOAD_HEADROOM = 8 * 1024
+TOUCH_INTERVAL = 1.0
+"""Seconds between writes of the TTL renewals that reads made in this process."""
 TRANSIENT = (
     nats.errors.TimeoutError,
     nats.errors.NoRespondersError,
@@ -253,7 +256,10 @@ class JetStreamStreams(AsyncResource):
 
     The JetStream stream `stream` is created when missing (`replicas` 1, 3 or 5,
     `storage` "file" or "memory"); an existing one must have `allow_atomic`,
-    `allow_direct` and the subjects `<prefix>.>`.
+    `allow_direct`, `allow_rollup_hdrs` and the subjects `<prefix>.>` (two stores
+    on one server need different streams and prefixes). Requests that get no
+    answer (an election, a reconnect) are sent again for up to `retry_for`
+    seconds; `sweep_interval` is how often expired streams are removed.
     """
 
     def __init__(
@@ -266,7 +272,7 @@ class JetStreamStreams(AsyncResource):
         prefix: str = "wkds",
         request_timeout: float = 5.0,
         retry_for: float = 30.0,
-        sweep_interval: float = 1.0,
+        sweep_interval: float = 10.0,
     ) -> None:
         if replicas not in (1, 3, 5):
             raise ValueError(f"replicas={replicas}; use 1, 3 or 5")
@@ -489,13 +495,24 @@ class JetStreamStreams(AsyncResource):
         snap.rows[key] = out
 
     async def _load_all(self, snap: _Snapshot) -> None:
-        """Every stream's state (for the sweeper)."""
-        found = await self._direct({"multi_last": [f"{self.prefix}.m.*"], "batch": 100_000})
-        for msg in found:
-            h = msg.headers or {}
-            name = token_name(h["Nats-Subject"].rsplit(".", 1)[-1])
-            seq = int(h["Nats-Sequence"])
-            snap.learn(name, seq, _decode_state(msg.data) if msg.data else None)
+        """Every stream's state (for the sweeper). The state subjects keep only their
+        newest message (rollups), so a scan of them in stream order, page by page, reads
+        each stream once (one that changes meanwhile shows up again later: the later
+        copy wins). A multi-last get would be one request but the server caps its
+        answer (413 Too Many Results at about a thousand subjects)."""
+        seq = 1
+        while True:
+            batch = await self._direct(
+                {"seq": seq, "next_by_subj": f"{self.prefix}.m.*", "batch": DIRECT_BATCH}
+            )
+            for msg in batch:
+                h = msg.headers or {}
+                name = token_name(h["Nats-Subject"].rsplit(".", 1)[-1])
+                at = int(h["Nats-Sequence"])
+                snap.learn(name, at, _decode_state(msg.data) if msg.data else None)
+            if len(batch) < DIRECT_BATCH:
+                return
+            seq = int((batch[-1].headers or {})["Nats-Sequence"]) + 1
 
     async def _publish(self, messages: list[tuple[str, bytes, dict[str, str]]]) -> None:
         nc = self._conn()
@@ -652,13 +669,16 @@ class JetStreamStreams(AsyncResource):
             await self._write(name, renew)
 
     async def _sweep_loop(self) -> None:
+        swept = time.monotonic()
         while True:
-            await asyncio.sleep(self.sweep_interval)
+            await asyncio.sleep(min(self.sweep_interval, TOUCH_INTERVAL))
             if self._touched:
                 await self._flush_touched()
-            _, changed = await self._run(self._sweep_op, everything=True)
-            if changed:
-                self.watchers.notify(changed)
+            if time.monotonic() - swept >= self.sweep_interval:
+                swept = time.monotonic()
+                _, changed = await self._run(self._sweep_op, everything=True)
+                if changed:
+                    self.watchers.notify(changed)
 
     def _sweep_op(self, tx: _SnapshotTx) -> set[str]:
         return streamlog.sweep(tx, time.time(), self._last_touch)
