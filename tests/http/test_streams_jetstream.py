@@ -29,7 +29,7 @@ from wakeful.transports.http.streamstore import (
     StreamNotFound,
 )
 
-from ..nats_fixtures import NatsServer
+from ..nats_fixtures import NatsCluster, NatsServer
 from . import test_streams as shared
 from .conftest import serve, streams_test_app
 
@@ -215,3 +215,25 @@ async def test_expired_streams_are_swept(streams_store: Any) -> None:
     with pytest.raises(StreamNotFound):
         await store.info("t")
     assert (await store.create("t", CreateSpec("text/plain"))).created
+
+
+async def test_three_replicas_read_your_writes_across_instances(tmp_path: Path) -> None:
+    async with (
+        NatsCluster(tmp_path / "cluster") as cluster,
+        JetStreamStreams(cluster.urls[0], replicas=3) as a,
+        JetStreamStreams(cluster.urls[1], replicas=3) as b,
+    ):
+        await a.create("r3", CreateSpec("application/json", body=b"[]"))
+
+        async def writer(mine: JetStreamStreams, other: JetStreamStreams, w: str) -> None:
+            for i in range(15):
+                done = await mine.append("r3", AppendSpec(f'"{w}{i}"'.encode(), "application/json"))
+                seen = await other.read("r3", None, ALL)  # through another node
+                assert seen.info.tail.n >= done.tail.n
+                assert f'"{w}{i}"'.encode() in b",".join(r.data for r in seen.rows)
+
+        await asyncio.gather(writer(a, b, "a"), writer(b, a, "b"))
+        rows = (await a.read("r3", None, ALL)).rows
+        assert sorted(r.data for r in rows) == sorted(
+            f'"{w}{i}"'.encode() for w in "ab" for i in range(15)
+        )

@@ -118,6 +118,15 @@ def token_name(token: str) -> str:
     return raw.decode("utf-8", "surrogateescape")
 
 
+def _raise_if_cancelling() -> None:
+    """nats-py 2.16 swallows a `CancelledError` that hits it while it flushes (a
+    subscribe, a request): the task then runs on as if never cancelled. Loops call
+    this after their awaits, so a cancelled task stops all the same."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class _Conflict(Exception):
     """A guarded write lost a race (or its retry found its own first try)."""
 
@@ -422,6 +431,7 @@ class JetStreamStreams(AsyncResource):
         deadline = time.monotonic() + self.retry_for
         delay = 0.05
         while True:
+            _raise_if_cancelling()
             try:
                 return await op()
             except _PublishError as exc:
@@ -444,15 +454,51 @@ class JetStreamStreams(AsyncResource):
         )
 
     async def _load_state(self, snap: _Snapshot, name: str) -> None:
-        found = await self._direct({"last_by_subj": self._meta_subject(name)})
-        if not found:
+        subject = self._meta_subject(name)
+        if self.replicas > 1:
+            # A direct get may be answered by a follower that is behind: a client could
+            # miss its own append. The stream leader has every acknowledged write.
+            js = self._conn().jetstream()
+
+            async def leader() -> tuple[int, bytes] | None:
+                try:
+                    msg = await js.get_last_msg(self.stream, subject)
+                except nats.js.errors.NotFoundError:
+                    return None
+                return int(msg.seq or 0), msg.data or b""
+
+            got = await self._retrying(f"read of {subject}", leader)
+        else:
+            found = await self._direct({"last_by_subj": subject})
+            got = None
+            if found:
+                got = int((found[0].headers or {})["Nats-Sequence"]), found[0].data
+        if got is None:
             snap.learn(name, 0, None)
-            return
-        msg = found[0]
-        seq = int((msg.headers or {})["Nats-Sequence"])
-        snap.learn(name, seq, _decode_state(msg.data) if msg.data else None)
+        else:
+            seq, data = got
+            snap.learn(name, seq, _decode_state(data) if data else None)
 
     async def _load_rows(self, snap: _Snapshot, key: tuple[int, int, int, int]) -> None:
+        """Rows as `_SnapshotTx.rows` gives them. The state said they exist; a direct
+        get answered by a follower that is behind may miss the newest: ask again."""
+        _, after, upto, limit = key
+        deadline = time.monotonic() + self.retry_for
+        while True:
+            rows = await self._fetch_rows(key)
+            taken = sum(len(r.data) for r in rows)
+            whole = bool(rows) and (rows[-1].n >= upto or taken >= limit)
+            if whole or after >= upto or time.monotonic() > deadline:
+                if not whole and after < upto:
+                    raise WakefulError(
+                        f"rows {after + 1}..{upto} of a stream are not readable from "
+                        f"JetStream after {self.retry_for}s; try again"
+                    )
+                snap.rows[key] = rows
+                return
+            await asyncio.sleep(0.02)
+
+    async def _fetch_rows(self, key: tuple[int, int, int, int]) -> list[Row]:
         id, after, upto, limit = key
         out: list[Row] = []
         first = await self._direct({"last_by_subj": self._row_subject(id, after + 1, 0)})
@@ -492,7 +538,7 @@ class JetStreamStreams(AsyncResource):
                 if len(batch) < DIRECT_BATCH:
                     break
                 seq = int((batch[-1].headers or {})["Nats-Sequence"]) + 1
-        snap.rows[key] = out
+        return out
 
     async def _load_all(self, snap: _Snapshot) -> None:
         """Every stream's state (for the sweeper). The state subjects keep only their
@@ -558,10 +604,12 @@ class JetStreamStreams(AsyncResource):
         deadline = time.monotonic() + self.retry_for
         pause = 0.001
         while True:
+            _raise_if_cancelling()
             snap = _Snapshot()
             if everything:
                 await self._load_all(snap)
             while True:
+                _raise_if_cancelling()
                 tx = _SnapshotTx(snap)
                 try:
                     result = op(tx)
@@ -674,9 +722,11 @@ class JetStreamStreams(AsyncResource):
             await asyncio.sleep(min(self.sweep_interval, TOUCH_INTERVAL))
             if self._touched:
                 await self._flush_touched()
+                _raise_if_cancelling()
             if time.monotonic() - swept >= self.sweep_interval:
                 swept = time.monotonic()
                 _, changed = await self._run(self._sweep_op, everything=True)
+                _raise_if_cancelling()
                 if changed:
                     self.watchers.notify(changed)
 
