@@ -25,7 +25,9 @@ from wakeful.transports.http.streamstore import (
     CreateSpec,
     Offset,
     Producer,
+    StreamConflict,
     StreamGone,
+    StreamInvalid,
     StreamNotFound,
 )
 
@@ -237,3 +239,28 @@ async def test_three_replicas_read_your_writes_across_instances(tmp_path: Path) 
         assert sorted(r.data for r in rows) == sorted(
             f'"{w}{i}"'.encode() for w in "ab" for i in range(15)
         )
+
+
+async def test_concurrent_writes_commit_in_groups_with_their_own_outcomes(
+    streams_store: JetStreamStreams,
+) -> None:
+    store = streams_store
+    await store.create("g", CreateSpec("text/plain"))
+    p = Producer("w", 0, 0)
+    specs = [AppendSpec(f"{i};".encode(), "text/plain") for i in range(20)]
+    specs += [
+        AppendSpec(b"{}", "application/json"),  # refused: the stream is text/plain
+        AppendSpec(b"p;", "text/plain", producer=p),
+        AppendSpec(b"p;", "text/plain", producer=p),  # the same append again
+        AppendSpec(b"", "text/plain", stream_seq=b"1"),  # refused: no body
+    ]
+    outcomes = await asyncio.gather(
+        *(store.append("g", spec) for spec in specs), return_exceptions=True
+    )
+    assert all(o.status == "appended" for o in outcomes[:20])  # type: ignore[union-attr]
+    assert isinstance(outcomes[20], StreamConflict) and "content type" in str(outcomes[20])
+    assert sorted(o.status for o in outcomes[21:23]) == ["appended", "duplicate"]  # type: ignore[union-attr]
+    assert isinstance(outcomes[23], StreamInvalid)
+    rows = (await store.read("g", None, ALL)).rows
+    assert [r.n for r in rows] == list(range(1, 22))
+    assert sorted(r.data for r in rows) == sorted([f"{i};".encode() for i in range(20)] + [b"p;"])

@@ -72,6 +72,7 @@ from .streamtypes import (
     ReadResult,
     Row,
     StreamConflict,
+    StreamError,
     StreamInfo,
     Watchers,
 )
@@ -257,6 +258,29 @@ class _SnapshotTx:
 
 
 Op = Callable[[_SnapshotTx], T]
+_Queued = tuple[Callable[[_SnapshotTx], Any], int, "asyncio.Future[tuple[Any, set[str]]]"]
+GROUP_MAX = 64
+GROUP_BYTES = 4 * 1024 * 1024
+
+
+class _Writers:
+    """The writes to one stream queued in this process, and the lock of their committer."""
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.queue: list[_Queued] = []
+        self.users = 0
+
+    def take(self) -> list[_Queued]:
+        """The oldest queued writes that fit one atomic batch (at least one)."""
+        taken, size = 0, 0
+        for _, bytes_, _ in self.queue:
+            if taken and (taken >= GROUP_MAX or size + bytes_ > GROUP_BYTES):
+                break
+            taken += 1
+            size += bytes_
+        group, self.queue = self.queue[:taken], self.queue[taken:]
+        return group
 
 
 class JetStreamStreams(AsyncResource):
@@ -301,8 +325,7 @@ class JetStreamStreams(AsyncResource):
         self._nc: Client | None = None
         self._sub: Subscription | None = None
         self._touched: dict[int, tuple[str, float]] = {}
-        self._locks: dict[str, list[Any]] = {}
-        """Per stream name written here: [lock, number of writers holding or awaiting it]."""
+        self._writers: dict[str, _Writers] = {}
         self._background = _local.Background("wakeful-jetstream-streams")
 
     # -- subjects ------------------------------------------------------------------
@@ -636,21 +659,61 @@ class JetStreamStreams(AsyncResource):
                 await self._purge(id)
             return result, set(tx.writes)
 
-    async def _write(self, name: str, op: Op[T]) -> tuple[T, set[str]]:
-        """`_run` for a write to `name`, one at a time per name in this process: local
-        writers queue instead of racing (the guard still fences other processes)."""
-        entry = self._locks.get(name)
-        if entry is None:
-            entry = self._locks[name] = [asyncio.Lock(), 0]
-        lock: asyncio.Lock = entry[0]
-        entry[1] += 1
+    async def _write(self, name: str, op: Op[T], size: int = 0) -> tuple[T, set[str]]:
+        """`_run` for a write to `name`, with group commit: writes to one stream in this
+        process queue, and whoever holds the stream's lock runs every queued write (up
+        to `GROUP_MAX` of them, about `GROUP_BYTES` of bodies) on one snapshot and
+        commits them as one atomic batch. Each write keeps its own outcome: one that the
+        rules refuse (a `StreamError`) changes nothing and does not stop the others.
+        Other processes are still fenced by the guards."""
+        fut: asyncio.Future[tuple[Any, set[str]]] = asyncio.get_running_loop().create_future()
+        writers = self._writers.get(name)
+        if writers is None:
+            writers = self._writers[name] = _Writers()
+        writers.queue.append((op, size, fut))
+        writers.users += 1
         try:
-            async with lock:
-                return await self._run(op)
+            async with writers.lock:
+                while not fut.done():
+                    await self._write_group(writers.take())
+            result: tuple[T, set[str]] = fut.result()
+            return result
         finally:
-            entry[1] -= 1
-            if entry[1] == 0:
-                del self._locks[name]
+            writers.users -= 1
+            if writers.users == 0:
+                del self._writers[name]
+
+    async def _write_group(self, group: list[_Queued]) -> None:
+        def run_all(tx: _SnapshotTx) -> list[tuple[bool, Any]]:
+            outcomes: list[tuple[bool, Any]] = []
+            for op, _, _ in group:
+                try:
+                    outcomes.append((True, op(tx)))
+                except StreamError as exc:  # refused before it changed anything
+                    outcomes.append((False, exc))
+            return outcomes
+
+        try:
+            outcomes, changed = await self._run(run_all)
+        except BaseException as exc:
+            for _, _, fut in group:
+                if not fut.done():
+                    if isinstance(exc, Exception):
+                        fut.set_exception(exc)
+                    else:
+                        fut.set_exception(
+                            WakefulError(
+                                "the write was interrupted (the request that committed it "
+                                "was cancelled); its outcome is unknown: read the stream"
+                            )
+                        )
+            raise
+        for (_, _, fut), (ok, value) in zip(group, outcomes, strict=True):
+            if not fut.done():
+                if ok:
+                    fut.set_result((value, changed))
+                else:
+                    fut.set_exception(value)
 
     async def _commit(self, snap: _Snapshot, tx: _SnapshotTx) -> None:
         commit_id = uuid.uuid4().hex[:20]
@@ -748,7 +811,7 @@ class JetStreamStreams(AsyncResource):
         self._conn()
         touched = self._last_touch
         (outcome, _), changed = await self._write(
-            name, lambda tx: streamlog.append(tx, name, spec, time.time(), touched)
+            name, lambda tx: streamlog.append(tx, name, spec, time.time(), touched), len(spec.body)
         )
         self.watchers.notify(changed)
         return outcome
