@@ -22,6 +22,8 @@ one publish when it is a single message), every state message guarded with
 processes therefore never interleave: the loser of a race gets a conflict
 (10071/10164), reloads and runs the request again. The producer state travels
 in the state message, so producer dedupe and the append are one atomic write.
+Writes to one stream that queue in one process while a batch is in flight are
+committed together (group commit), each with its own outcome.
 
 Live readers are woken by local commits and by an ordered push consumer on
 `<prefix>.m.*` (new messages only, headers only): a writer in another process
