@@ -72,20 +72,21 @@ def open_store(spec: str, *, partitions: int, replicas: int, ownership: str) -> 
     )
 
 
-def generic_streams(spec: str) -> tuple[Any, Any] | None:
+def generic_streams(spec: str, *, replicas: int = 1) -> tuple[Any, Any]:
     """The generic Durable Streams app and its store, beside the entity store: in the
-    same SQLite file, or in memory; None where this version has no backend for it."""
-    try:
-        from .http.streams import streams_app
-        from .http.streamstore import MemoryStreams, SQLiteStreams
-    except ImportError:  # pragma: no cover - built without the streams module
-        return None
+    same SQLite file, in memory, or in the same JetStream cluster (stream WAKEFUL_DS)."""
+    from .http.streams import streams_app
+    from .http.streamstore import MemoryStreams, SQLiteStreams
+
+    store: Any
     if spec.startswith("sqlite:"):
-        store: Any = SQLiteStreams(spec.removeprefix("sqlite:") or "wakeful.db")
+        store = SQLiteStreams(spec.removeprefix("sqlite:") or "wakeful.db")
     elif spec == "memory:":
         store = MemoryStreams()
     else:
-        return None
+        from .http.streamjetstream import JetStreamStreams
+
+        store = JetStreamStreams(spec.split(","), replicas=replicas)
     return streams_app, store
 
 
@@ -104,10 +105,7 @@ def build_app(
 
     store = open_store(store_spec, partitions=partitions, replicas=replicas, ownership=ownership)
     runtime = Runtime(registry, store, RuntimeConfig.from_env())
-    found = generic_streams(store_spec)
-    if found is None:
-        return create_app(runtime, config)
-    streams_app, streams_store = found
+    streams_app, streams_store = generic_streams(store_spec, replicas=replicas)
     app = streams_app(
         streams_store,
         long_poll_timeout=config.long_poll_timeout or 0.001,

@@ -165,3 +165,30 @@ def test_demo_plays_the_whole_scenario(tmp_path: Path) -> None:
         assert expected in out, expected
     seconds = float(out.split("demo done in ")[1].split(" s")[0])
     assert seconds < 30
+
+
+async def test_serve_on_jetstream_serves_entities_and_generic_streams(tmp_path: Path) -> None:
+    from wakeful.transports.cli import build_app, serving
+    from wakeful.transports.http.config import ServerConfig
+
+    from ..nats_fixtures import NatsServer
+    from .apps import registry
+
+    async with NatsServer(tmp_path / "nats") as nats:
+        app = build_app(registry, nats.url, ServerConfig(), ownership="all")
+        async with serving(app) as url, Client(url) as client:
+            events = [e async for e in client.send_and_follow("/echo/js1", "over nats")]
+            assert events[-1].kind == "run.completed" and events[-1].data.result == "over nats"
+            http = client._http
+            created = await http.put(
+                "/v1/stream/chat-log", headers={"content-type": "application/json"}
+            )
+            assert created.status_code == 201
+            appended = await http.post(
+                "/v1/stream/chat-log",
+                content=b'{"n": 1}',
+                headers={"content-type": "application/json"},
+            )
+            assert appended.status_code in (200, 204)
+            read = await http.get("/v1/stream/chat-log", params={"offset": "-1"})
+            assert read.json() == [{"n": 1}]

@@ -155,8 +155,13 @@ async def test_snapshots_bound_replay_and_equal_full_replay(store_factory: Store
             await rt.send("/counter/s", {"add": i})
         await rt.idle()
         head = (await rt.read("/counter/s"))[-1].seq
-        snapshot = await store.load_snapshot("/counter/s")
-        assert snapshot is not None and head - 10 < snapshot.seq <= head
+        # snapshots are saved in the background, after the commit: wait for the last one
+        async with asyncio.timeout(5):
+            while (snapshot := await store.load_snapshot("/counter/s")) is None or (
+                snapshot.seq <= head - 10
+            ):
+                await asyncio.sleep(0.02)
+        assert head - 10 < snapshot.seq <= head
         with_snapshot = await rt.state("/counter/s")
     async with Runtime(counter_registry(), store_factory(), RuntimeConfig(snapshot_every=0)) as rt2:
         await rt2.store.save_snapshot("/counter/s", snapshot)  # no-op: never replaces newer
