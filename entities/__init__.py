@@ -1,8 +1,21 @@
-"""Ready-made entity kinds on top of the runtime: tools now; the agent loop, router and
-model adapters next (issue 6). Uses only the public API of `wakeful.runtime`."""
+"""Ready-made entity kinds on top of the runtime: the agent loop (reasoning), tools,
+the model protocol and a scripted model; the router and real model adapters come
+next. Uses only the public API of `wakeful.runtime`."""
 
 from __future__ import annotations
 
+from .agent import Agent
+from .models import Model, ModelError, Reply, ScriptedModel, ToolCall
 from .tools import InvalidToolCall, Tool, tool
 
-__all__ = ["InvalidToolCall", "Tool", "tool"]
+__all__ = [
+    "Agent",
+    "InvalidToolCall",
+    "Model",
+    "ModelError",
+    "Reply",
+    "ScriptedModel",
+    "Tool",
+    "ToolCall",
+    "tool",
+]

@@ -82,7 +82,12 @@ class JournalMismatch(WakefulError):
 
 
 class TerminalError(WakefulError):
-    """Raised by user code to fail a step or run without retrying it."""
+    """Raised by user code to fail a step or run without retrying it. `reason` becomes
+    the run's stop reason (`run.failed` reason) when it ends the run."""
+
+    def __init__(self, message: str = "", *, reason: str = "error") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class StepError(TerminalError):

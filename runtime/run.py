@@ -221,7 +221,13 @@ class RunDriver:
         except Exception as exc:
             status, failure = "failed", exc
             error = describe_error(exc)
-            reason = "journal_mismatch" if isinstance(exc, JournalMismatch) else "error"
+            reason = (
+                "journal_mismatch"
+                if isinstance(exc, JournalMismatch)
+                else exc.reason
+                if isinstance(exc, TerminalError)
+                else "error"
+            )
             log.info("%s: run %s failed: %s", self.ctx.address, self.run, error)
         try:
             await self._finish(status, result, error, reason, failure)

@@ -47,7 +47,17 @@ def test_runtime_all() -> None:
 
 def test_transport_and_entities_all() -> None:
     assert wakeful.transports.__all__ == []
-    assert wakeful.entities.__all__ == ["InvalidToolCall", "Tool", "tool"]
+    assert wakeful.entities.__all__ == [
+        "Agent",
+        "InvalidToolCall",
+        "Model",
+        "ModelError",
+        "Reply",
+        "ScriptedModel",
+        "Tool",
+        "ToolCall",
+        "tool",
+    ]
     assert wakeful.transports.memory.__all__ == ["MemoryStore"]
     assert wakeful.transports.sqlite.__all__ == ["SQLiteStore"]
     assert wakeful.transports.jetstream.__all__ == ["JetStreamStore"]
