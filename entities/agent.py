@@ -6,8 +6,9 @@ as a step, and `tool.result` (success, error or denied); then the model again,
 until it stops calling tools. The conversation is the agent's state, rebuilt from
 its stream; the model sees the last `max_messages` messages of it.
 
-The run's result is `{"text", "stop_reason"}` with stop reason `end_turn` or
-`max_steps`; a model failure fails the run with reason `llm_api_error`. A call to
+The run's result is `{"text", "stop_reason"}`, and the stop reason (`end_turn` or
+`max_steps`) is the run's `reason`; a model failure fails the run with reason
+`llm_api_error`. A call to
 an unknown tool, or with arguments that fail the tool's schema, gets the
 validation error as its result (`invalid_tool_call`), and the model may retry.
 """
@@ -76,6 +77,7 @@ class Agent:
             ctx.end_text()
             _add(conversation, _assistant(reply))
             if not reply.tool_calls:
+                ctx.stop_reason = "end_turn"
                 return {"text": reply.text, "stop_reason": "end_turn"}
             for index, call in enumerate(reply.tool_calls):
                 # the call id names the approval; a model may repeat or mangle one
@@ -84,6 +86,7 @@ class Agent:
                 used.add(call_id)
                 content = await self._run_tool(ctx, call_id, call)
                 _add(conversation, {"role": "tool", "tool_call_id": call.id, "content": content})
+        ctx.stop_reason = "max_steps"
         return {"text": "", "stop_reason": "max_steps"}
 
     async def _ask(

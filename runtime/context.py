@@ -72,6 +72,7 @@ class Context:
         "mode",
         "run",
         "state",
+        "stop_reason",
         "type",
     )
 
@@ -95,6 +96,9 @@ class Context:
         self._driver = driver
         self._changes: dict[tuple[str, str], Any] = {}
         self._ops: list[Envelope | ChildSpawned | TimerSet | TimerCancelled] = []
+        self.stop_reason: str | None = None
+        """Why the run ended, recorded with `run.completed` and shown as the run's
+        `reason` (an agent sets `end_turn` or `max_steps`); None by default."""
         self.state = StateView(entity, self._changes, max_payload)
         """Collections by name: `ctx.state["notes"]["k"] = v`; built-ins are read-only."""
 

@@ -69,6 +69,8 @@ class RunResumed(EventData, frozen=True):
 
 class RunCompleted(EventData, frozen=True):
     result: Any = None
+    reason: str | None = None
+    """The stop reason the handler gave (`ctx.stop_reason`), e.g. an agent's `end_turn`."""
 
 
 class RunFailed(EventData, frozen=True):

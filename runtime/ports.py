@@ -81,7 +81,8 @@ class RunRecord(msgspec.Struct, frozen=True):
     started_at: float = 0.0
     ended_at: float | None = None
     reason: str | None = None
-    """Why it ended (failed, cancelled) or what it waits for (suspended)."""
+    """Why it ended (the stop reason of a completed run, why it failed or was
+    cancelled) or what it waits for (suspended: `approval:<call_id>`, `signal:<name>`)."""
     error: str | None = None
 
 

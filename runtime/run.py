@@ -264,7 +264,7 @@ class RunDriver:
                 else:
                     out.append((op, run))
             out.extend((data, run) for data in changes_to_events(state, self.ctx._changes))
-            out.append((ev.RunCompleted(result=result), run))
+            out.append((ev.RunCompleted(result=result, reason=self.ctx.stop_reason), run))
         elif status == "cancelled":
             out.append((ev.RunCancelled(reason=reason), run))
         else:

@@ -210,6 +210,8 @@ def _run_status(status: str) -> Callable[[EntityState, Event], None]:
                 _forget_old_runs(s)
         if status == "completed":
             run["result"] = d.result
+            if d.reason is not None:
+                run["reason"] = d.reason
         elif status == "failed":
             run["error"] = d.error
             run["reason"] = d.reason

@@ -257,7 +257,7 @@ def run_records(state: EntityState, events: list[NewEvent]) -> list[RunRecord]:
             reason = d.waiting_for
         elif e.kind == "run.failed":
             reason, error = d.reason, d.error
-        elif e.kind == "run.cancelled":
+        elif e.kind in ("run.cancelled", "run.completed"):
             reason = d.reason
         ended = e.at if status in ("completed", "failed", "cancelled") else None
         records[run] = RunRecord(

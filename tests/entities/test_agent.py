@@ -57,6 +57,8 @@ async def test_a_reply_streams_text_and_the_conversation_is_the_state(
         await rt.send("/assistant/a1", {"text": "hi"})
         done = await finished(rt, "/assistant/a1")
         assert done["result"] == {"text": "Hello there, human.", "stop_reason": "end_turn"}
+        assert done["record"].reason == "end_turn"
+        assert (await rt.state("/assistant/a1"))["runs"][done["record"].run]["reason"] == "end_turn"
         events = await rt.read("/assistant/a1")
         deltas = "".join(e.data.text for e in events if e.kind == "text.delta")
         assert deltas == "Hello there, human."
@@ -154,6 +156,7 @@ async def test_limits_and_model_failures_are_stop_reasons(store_factory: StoreFa
         await rt.send("/assistant/a5", "loop")
         done = await finished(rt, "/assistant/a5")
         assert done["result"] == {"text": "", "stop_reason": "max_steps"}
+        assert done["record"].reason == "max_steps"
         assert looping.calls == 3
         assert calls == ["add(1,1)"] * 3  # a repeated call id still runs the tool each time
         await rt.send("/fragile/f1", "one")
@@ -161,7 +164,7 @@ async def test_limits_and_model_failures_are_stop_reasons(store_factory: StoreFa
         await rt.idle()
         runs = await rt.runs(address="/fragile/f1", status=None)
         assert sorted((r.status, r.reason) for r in runs) == [
-            ("completed", None),
+            ("completed", "end_turn"),
             ("failed", "llm_api_error"),
         ]
         failed = next(r for r in runs if r.status == "failed")
