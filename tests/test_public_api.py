@@ -52,6 +52,7 @@ def test_transport_and_entities_all() -> None:
         "InvalidToolCall",
         "Model",
         "ModelError",
+        "OpenAIChat",
         "Reply",
         "ScriptedModel",
         "Tool",
