@@ -3,20 +3,17 @@ compatible server, over httpx."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import random
 from collections.abc import Callable
 from typing import Any
 
 import httpx
 
+from ._retry import RETRY_STATUSES, Retry, error_message, retry_after, with_retries
 from .models import ModelError, Reply, ToolCall
 
 __all__ = ["OpenAIChat"]
-
-RETRY_STATUSES = frozenset((408, 409, 429, 500, 502, 503, 504))
 
 
 class OpenAIChat:
@@ -73,19 +70,12 @@ class OpenAIChat:
             timeout=self._timeout,
             transport=self._transport,
         ) as http:
-            for attempt in range(self.max_retries + 1):
-                try:
-                    return await self._stream(http, body, on_text)
-                except _Retry as retry:
-                    if attempt == self.max_retries:
-                        raise ModelError(
-                            f"{self.base_url}: still failing after {attempt + 1} attempts: "
-                            f"{retry.message}"
-                        ) from None
-                    await asyncio.sleep(
-                        retry.after or self.backoff * 2**attempt * random.uniform(1, 1.5)
-                    )
-        raise AssertionError("unreachable")  # pragma: no cover
+            return await with_retries(
+                self.base_url,
+                self.max_retries,
+                self.backoff,
+                lambda: self._stream(http, body, on_text),
+            )
 
     async def _stream(
         self, http: httpx.AsyncClient, body: dict[str, Any], on_text: Callable[[str], None]
@@ -96,9 +86,9 @@ class OpenAIChat:
             async with http.stream("POST", "/chat/completions", json=body) as response:
                 if response.status_code != 200:
                     await response.aread()
-                    message = _error_message(response)
+                    message = error_message(response)
                     if response.status_code in RETRY_STATUSES:
-                        raise _Retry(message, _retry_after(response))
+                        raise Retry(message, retry_after(response))
                     raise ModelError(f"{self.base_url}: {response.status_code}: {message}")
                 async for line in response.aiter_lines():
                     if not line.startswith("data:"):
@@ -123,9 +113,9 @@ class OpenAIChat:
                             call["name"] += function.get("name") or ""
                             call["arguments"] += function.get("arguments") or ""
         except httpx.TimeoutException as exc:
-            raise _Retry(f"timed out: {exc!r}", None) from exc
+            raise Retry(f"timed out: {exc!r}", None) from exc
         except httpx.TransportError as exc:
-            raise _Retry(f"connection failed: {exc!r}", None) from exc
+            raise Retry(f"connection failed: {exc!r}", None) from exc
         except json.JSONDecodeError as exc:
             raise ModelError(f"{self.base_url}: a stream chunk is not JSON: {exc}") from exc
         tool_calls = [
@@ -133,31 +123,6 @@ class OpenAIChat:
             for i, c in sorted(calls.items())
         ]
         return Reply(text="".join(text), tool_calls=tool_calls)
-
-
-class _Retry(Exception):
-    def __init__(self, message: str, after: float | None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.after = after
-
-
-def _error_message(response: httpx.Response) -> str:
-    try:
-        error = response.json().get("error")
-        if isinstance(error, dict) and error.get("message"):
-            return str(error["message"])
-    except (json.JSONDecodeError, AttributeError):
-        pass
-    return response.text[:300] or response.reason_phrase
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    raw = response.headers.get("retry-after")
-    try:
-        return min(float(raw), 60.0) if raw is not None else None
-    except ValueError:
-        return None
 
 
 def to_openai(message: dict[str, Any]) -> dict[str, Any]:

@@ -49,6 +49,7 @@ def test_transport_and_entities_all() -> None:
     assert wakeful.transports.__all__ == []
     assert wakeful.entities.__all__ == [
         "Agent",
+        "AnthropicMessages",
         "InvalidToolCall",
         "Model",
         "ModelError",
