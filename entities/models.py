@@ -55,12 +55,15 @@ Script = Reply | str | Callable[[list[dict[str, Any]]], Reply]
 
 
 class ScriptedModel:
-    """A deterministic model: it answers with the next entry of `script` each call.
+    """A deterministic model: its Nth answer in a conversation is `script[N]`.
 
-    An entry is a `Reply`, a plain string (a text reply), or a function of the
-    conversation returning a `Reply`. Text is streamed word by word, `delay`
-    seconds apart. When the script runs out, `ModelError` (or `repeat=True` starts
-    it again). `calls` counts the calls, so tests can see what was not repeated.
+    N is the number of assistant messages in the conversation it is given, so the
+    answer depends on the conversation only, not on how many calls this object
+    saw: a durable run resumed in a new process gets the same answers. An entry is
+    a `Reply`, a plain string (a text reply), or a function of the conversation
+    returning a `Reply`. Text is streamed word by word, `delay` seconds apart. Past
+    the end of the script, `ModelError` (or, with `repeat=True`, from the start
+    again). `calls` counts the calls, so tests can see what was not asked again.
     """
 
     def __init__(self, script: Sequence[Script], *, delay: float = 0.0, repeat: bool = False):
@@ -79,10 +82,11 @@ class ScriptedModel:
         tools: list[dict[str, Any]],
         on_text: Callable[[str], None],
     ) -> Reply:
-        if self.calls >= len(self.script) and not self.repeat:
-            raise ModelError(f"the ScriptedModel's {len(self.script)} replies are used up")
-        entry = self.script[self.calls % len(self.script)]
+        n = sum(1 for m in messages if m.get("role") == "assistant")
         self.calls += 1
+        if n >= len(self.script) and not self.repeat:
+            raise ModelError(f"the ScriptedModel's {len(self.script)} replies are used up")
+        entry = self.script[n % len(self.script)]
         self.seen.append(messages)
         reply = (
             entry

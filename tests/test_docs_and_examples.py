@@ -71,3 +71,21 @@ def test_durable_approval_example_survives_the_restart(tmp_path: Path) -> None:
         )
         assert lines[1].endswith(": completed: deleted 3 files under /tmp/cache")
         assert lines[2] == "steps executed: ['plan', 'delete']"  # the plan step ran once
+
+
+def test_agent_example_waits_for_approval_and_finishes(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "agent.py"), str(tmp_path / "agent.db")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        "suspended, waiting for approval:c2",
+        "approved: True",
+        "completed (end_turn): Done: deleted tmp.log.",
+        "disk: ['report.txt']",
+    ]
