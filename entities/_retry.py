@@ -1,4 +1,4 @@
-"""Retries and error messages shared by the HTTP model adapters."""
+"""What the HTTP model adapters share: one streamed POST per reply, retries, errors."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import asyncio
 import json
 import random
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 
-from .models import ModelError
+from .models import ModelError, Reply
 
 RETRY_STATUSES = frozenset((408, 409, 429, 500, 502, 503, 504, 529))
 """Statuses worth another try: timeouts, rate limits, overloads, server errors."""
@@ -62,3 +62,66 @@ def retry_after(response: httpx.Response) -> float | None:
         return min(float(raw), 60.0) if raw is not None else None
     except ValueError:
         return None
+
+
+class HTTPModel:
+    """Base of the adapters: POSTs a streaming request and retries what may pass on
+    another try (`RETRY_STATUSES`, timeouts, connection errors)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        headers: dict[str, str],
+        timeout: float,
+        max_retries: int,
+        backoff: float,
+        transport: httpx.AsyncBaseTransport | None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.max_retries = max_retries
+        self.backoff = backoff
+        self._headers = headers
+        self._timeout = httpx.Timeout(timeout)
+        self._transport = transport
+
+    async def _post(
+        self,
+        path: str,
+        body: dict[str, Any],
+        read: Callable[[httpx.Response], Awaitable[Reply]],
+    ) -> Reply:
+        async with httpx.AsyncClient(
+            base_url=self.base_url,
+            headers=self._headers,
+            timeout=self._timeout,
+            transport=self._transport,
+        ) as http:
+            return await with_retries(
+                self.base_url,
+                self.max_retries,
+                self.backoff,
+                lambda: self._attempt(http, path, body, read),
+            )
+
+    async def _attempt(
+        self,
+        http: httpx.AsyncClient,
+        path: str,
+        body: dict[str, Any],
+        read: Callable[[httpx.Response], Awaitable[Reply]],
+    ) -> Reply:
+        try:
+            async with http.stream("POST", path, json=body) as response:
+                if response.status_code != 200:
+                    await response.aread()
+                    message = error_message(response)
+                    if response.status_code in RETRY_STATUSES:
+                        raise Retry(message, retry_after(response))
+                    raise ModelError(f"{self.base_url}: {response.status_code}: {message}")
+                return await read(response)
+        except httpx.TimeoutException as exc:
+            raise Retry(f"timed out: {exc!r}", None) from exc
+        except httpx.TransportError as exc:
+            raise Retry(f"connection failed: {exc!r}", None) from exc
+        except (json.JSONDecodeError, KeyError) as exc:
+            raise ModelError(f"{self.base_url}: a stream chunk is malformed: {exc!r}") from exc

@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from ._retry import RETRY_STATUSES, Retry, error_message, retry_after, with_retries
+from ._retry import HTTPModel, Retry
 from .models import ModelError, Reply, ToolCall
 
 __all__ = ["AnthropicMessages"]
@@ -17,7 +17,7 @@ __all__ = ["AnthropicMessages"]
 API_VERSION = "2023-06-01"
 
 
-class AnthropicMessages:
+class AnthropicMessages(HTTPModel):
     """A `Model` on `POST {base_url}/v1/messages` with `stream: true`.
 
     `base_url` and `api_key` default to `ANTHROPIC_BASE_URL` (else the Anthropic API)
@@ -37,17 +37,17 @@ class AnthropicMessages:
         backoff: float = 0.5,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        self.model = model
-        self.base_url = (
-            base_url or os.environ.get("ANTHROPIC_BASE_URL") or "https://api.anthropic.com"
-        ).rstrip("/")
         key = api_key if api_key is not None else os.environ.get("ANTHROPIC_API_KEY")
+        super().__init__(
+            base_url or os.environ.get("ANTHROPIC_BASE_URL") or "https://api.anthropic.com",
+            {"anthropic-version": API_VERSION, **({"x-api-key": key} if key else {})},
+            timeout,
+            max_retries,
+            backoff,
+            transport,
+        )
+        self.model = model
         self.max_tokens = max_tokens
-        self.max_retries = max_retries
-        self.backoff = backoff
-        self._headers = {"anthropic-version": API_VERSION, **({"x-api-key": key} if key else {})}
-        self._timeout = httpx.Timeout(timeout)
-        self._transport = transport
 
     async def reply(
         self,
@@ -73,66 +73,43 @@ class AnthropicMessages:
                 }
                 for t in tools
             ]
-        async with httpx.AsyncClient(
-            base_url=self.base_url,
-            headers=self._headers,
-            timeout=self._timeout,
-            transport=self._transport,
-        ) as http:
-            return await with_retries(
-                self.base_url,
-                self.max_retries,
-                self.backoff,
-                lambda: self._stream(http, body, on_text),
-            )
 
-    async def _stream(
-        self, http: httpx.AsyncClient, body: dict[str, Any], on_text: Callable[[str], None]
-    ) -> Reply:
+        async def read(response: httpx.Response) -> Reply:
+            return await self._read(response, on_text)
+
+        return await self._post("/v1/messages", body, read)
+
+    async def _read(self, response: httpx.Response, on_text: Callable[[str], None]) -> Reply:
         text: list[str] = []
         blocks: dict[int, dict[str, Any]] = {}
-        try:
-            async with http.stream("POST", "/v1/messages", json=body) as response:
-                if response.status_code != 200:
-                    await response.aread()
-                    message = error_message(response)
-                    if response.status_code in RETRY_STATUSES:
-                        raise Retry(message, retry_after(response))
-                    raise ModelError(f"{self.base_url}: {response.status_code}: {message}")
-                async for line in response.aiter_lines():
-                    if not line.startswith("data:"):
-                        continue
-                    event = json.loads(line[5:].strip())
-                    kind = event.get("type")
-                    if kind == "error":
-                        error = event.get("error") or {}
-                        message = error.get("message", "stream error")
-                        if error.get("type") in ("overloaded_error", "rate_limit_error"):
-                            raise Retry(message, None)
-                        raise ModelError(f"{self.base_url}: {message}")
-                    if kind == "content_block_start":
-                        block = event.get("content_block") or {}
-                        if block.get("type") == "tool_use":
-                            blocks[event["index"]] = {
-                                "id": block.get("id", ""),
-                                "name": block.get("name", ""),
-                                "json": "",
-                            }
-                    elif kind == "content_block_delta":
-                        delta = event.get("delta") or {}
-                        if delta.get("type") == "text_delta":
-                            text.append(delta.get("text", ""))
-                            on_text(delta.get("text", ""))
-                        elif delta.get("type") == "input_json_delta":
-                            blocks[event["index"]]["json"] += delta.get("partial_json", "")
-                    elif kind == "message_stop":
-                        break
-        except httpx.TimeoutException as exc:
-            raise Retry(f"timed out: {exc!r}", None) from exc
-        except httpx.TransportError as exc:
-            raise Retry(f"connection failed: {exc!r}", None) from exc
-        except (json.JSONDecodeError, KeyError) as exc:
-            raise ModelError(f"{self.base_url}: a stream event is malformed: {exc!r}") from exc
+        async for line in response.aiter_lines():
+            if not line.startswith("data:"):
+                continue
+            event = json.loads(line[5:].strip())
+            kind = event.get("type")
+            if kind == "error":
+                error = event.get("error") or {}
+                message = error.get("message", "stream error")
+                if error.get("type") in ("overloaded_error", "rate_limit_error"):
+                    raise Retry(message, None)
+                raise ModelError(f"{self.base_url}: {message}")
+            if kind == "content_block_start":
+                block = event.get("content_block") or {}
+                if block.get("type") == "tool_use":
+                    blocks[event["index"]] = {
+                        "id": block.get("id", ""),
+                        "name": block.get("name", ""),
+                        "json": "",
+                    }
+            elif kind == "content_block_delta":
+                delta = event.get("delta") or {}
+                if delta.get("type") == "text_delta":
+                    text.append(delta.get("text", ""))
+                    on_text(delta.get("text", ""))
+                elif delta.get("type") == "input_json_delta":
+                    blocks[event["index"]]["json"] += delta.get("partial_json", "")
+            elif kind == "message_stop":
+                break
         calls = [
             ToolCall(b["id"] or f"toolu_{i}", b["name"], b["json"] or "{}")
             for i, b in sorted(blocks.items())
