@@ -99,6 +99,8 @@ class EntityInfo(msgspec.Struct, frozen=True):
     parent: str | None = None
     pending: int = 0
     """Messages accepted into its log and waiting for their run."""
+    state: dict[str, dict[str, Any]] | None = None
+    """Every collection, custom and built-in, with `describe(..., state=True)`."""
 
 
 class Runtime(AsyncResource):
@@ -540,22 +542,24 @@ class Runtime(AsyncResource):
         parse_address(address)
         return (await self._current(address)).to_dict()
 
-    async def describe(self, address: str) -> EntityInfo:
-        """The entity's status, active run, stream position and parent."""
+    async def describe(self, address: str, *, state: bool = False) -> EntityInfo:
+        """The entity's status, active run, stream position and parent; with `state`,
+        also its collections (as `rt.state` gives them), from the same load."""
         parse_address(address)
-        state = await self._current(address)
-        run = state.active_run
-        info = state.runs.get(run or "", {})
+        current = await self._current(address)
+        run = current.active_run
+        info = current.runs.get(run or "", {})
         status = info.get("status", "running") if run is not None else "idle"
         return EntityInfo(
             address=address,
             status=status,
-            seq=state.seq,
-            offset=state.offset,
+            seq=current.seq,
+            offset=current.offset,
             active_run=run,
             waiting_for=info.get("waiting_for") if status == "suspended" else None,
-            parent=state.parent,
-            pending=len(state.inbox),
+            parent=current.parent,
+            pending=len(current.inbox),
+            state=current.to_dict() if state else None,
         )
 
     async def read(

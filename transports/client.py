@@ -14,7 +14,6 @@ import asyncio
 import logging
 import secrets
 from collections.abc import AsyncIterator, Iterator
-from types import TracebackType
 from typing import Any, Self
 from urllib.parse import quote
 
@@ -23,6 +22,7 @@ import msgspec
 
 from wakeful.runtime import Event, WakefulError, parse_address
 from wakeful.runtime.events import decode_event, decode_events
+from wakeful.runtime.lifecycle import AsyncResource
 from wakeful.runtime.ports import RunRecord
 
 __all__ = ["ApiError", "Client", "SyncClient"]
@@ -96,7 +96,7 @@ async def _sse(response: httpx.Response) -> AsyncIterator[tuple[str, str, str | 
                 id = value
 
 
-class Client:
+class Client(AsyncResource):
     """Async client of one wakeful server; an async context manager.
 
     Errors from the server raise `ApiError` (with `status` and `code`); `tail` and
@@ -123,16 +123,8 @@ class Client:
             transport=transport,
         )
 
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
+    async def open(self) -> None:
+        """Nothing to do: connections open on the first request."""
 
     async def close(self) -> None:
         """Close the connections; idempotent."""

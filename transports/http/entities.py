@@ -271,10 +271,9 @@ class EntityAPI:
 
     async def get_entity(self, request: Request) -> Response:
         address = self._address(request, "read")
-        info: EntityInfo = await self.rt.describe(address)
+        info: EntityInfo = await self.rt.describe(address, state=True)
         if info.seq == 0 and info.pending == 0:
             raise HTTPError(404, "not_found", f"{address} has no events yet")
-        state = await self.rt.state(address)
         return json_response(
             EntityView(
                 address=info.address,
@@ -285,7 +284,7 @@ class EntityAPI:
                 waiting_for=info.waiting_for,
                 parent=info.parent,
                 pending=info.pending,
-                state=state,
+                state=info.state or {},
             )
         )
 
