@@ -39,6 +39,7 @@ class Agent:
         *,
         model: Model,
         instructions: str = "",
+        description: str = "",
         tools: Iterable[Tool] = (),
         mode: str = "classic",
         max_iterations: int = 100,
@@ -50,6 +51,7 @@ class Agent:
         self.name = name
         self.model = model
         self.instructions = instructions
+        self.description = description or f"The {name} agent."
         self.tools = {t.name: t for t in tools}
         self.mode = mode
         self.max_iterations = max_iterations
@@ -58,7 +60,12 @@ class Agent:
 
     def register(self, registry: Registry) -> None:
         """Register this agent as the entity type `name`."""
-        registry.add(self.name, self.handle, mode=self.mode)
+        registry.add(
+            self.name,
+            self.handle,
+            mode=self.mode,
+            meta={"kind": "agent", "description": self.description},
+        )
 
     # -- the loop --------------------------------------------------------------------
 
