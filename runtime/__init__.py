@@ -10,6 +10,7 @@ from .address import make_address, parse_address
 from .config import RuntimeConfig
 from .context import Context, Wake
 from .errors import (
+    CallError,
     ConcurrencyError,
     InvalidAddress,
     InvalidPayload,
@@ -27,6 +28,7 @@ from .registry import Registry
 from .runtime import EntityInfo, Runtime
 
 __all__ = [
+    "CallError",
     "Commit",
     "ConcurrencyError",
     "Context",

@@ -19,8 +19,17 @@ from .context import Decision, Wake
 from .events import Event
 from .ids import new_run_id
 from .ports import InboxItem
-from .run import INTERNAL_TIMER, Abort, RunDriver, child_notice, closing_events, open_items
-from .state import EntityState
+from .run import (
+    INTERNAL_TIMER,
+    Abort,
+    RunDriver,
+    cancel_calls,
+    child_notice,
+    closing_events,
+    open_items,
+    unanswered_calls,
+)
+from .state import CALL_TIMER, EntityState
 from .writer import Writer
 
 if TYPE_CHECKING:
@@ -157,6 +166,8 @@ class Actor:
         self.rt.metrics.wakes[kind] += 1
         if kind == "timer" and (env.name or "").startswith(INTERNAL_TIMER):
             await self._internal_timer(item)
+        elif kind == "child" and env.name:
+            await self._answer(item)
         elif kind in ("message", "child", "timer"):
             if kind == "timer" and self._stale_timer(item):
                 self.writer.consume(item.offset)
@@ -204,6 +215,7 @@ class Actor:
             key=env.key,
             mode=env.mode,
             reply_to=env.reply_to,
+            call=env.name,
         )
 
     # -- starting and resuming runs --------------------------------------------
@@ -252,16 +264,24 @@ class Actor:
         entity_type = self.rt.registry.get(self.type)
         mode = mode or entity_type.mode
         run = new_run_id()
+        call = name if trigger == "message" else None
         self.writer.hold(
             ev.RunStarted(
-                mode=mode, trigger=trigger, inbox=offset, source=source, reply_to=reply_to
+                mode=mode,
+                trigger=trigger,
+                inbox=offset,
+                source=source,
+                reply_to=reply_to,
+                call=call,
             ),
             run,
         )
         wake = Wake(
             kind=trigger, payload=payload, source=source, offsets=(offset, offset), name=name
         )
-        self.run = RunDriver(self, run, mode, wake, entity_type.handler, reply_to, fresh=True)
+        self.run = RunDriver(
+            self, run, mode, wake, entity_type.handler, reply_to, call=call, fresh=True
+        )
         self.run.start()
         self.writer.schedule()  # after the handler's first step: see Writer.schedule
 
@@ -286,6 +306,7 @@ class Actor:
             ),
             self.rt.registry.get(self.type).handler,
             journal.get("reply_to"),
+            call=journal.get("call"),
         )
         self.run.start()
 
@@ -316,8 +337,11 @@ class Actor:
             events.append(ev.RunCancelled(reason=reason))
         else:
             events.append(ev.RunFailed(error=error or reason, reason=reason))
-        reply_to = state.runs.get(run, {}).get("reply_to")
-        outbox = child_notice(self.address, reply_to, run, status, None, error or reason)
+        info = state.runs.get(run, {})
+        outbox = child_notice(
+            self.address, info.get("reply_to"), run, status, None, error or reason, info.get("call")
+        )
+        outbox.extend(cancel_calls(self.address, unanswered_calls(state, run)))
         await self.writer.commit([(e, run) for e in events], outbox, consumed)
 
     # -- messages for the active run -------------------------------------------
@@ -388,9 +412,57 @@ class Actor:
         if resume:
             self._resume(owner)
 
+    async def _answer(self, item: InboxItem) -> None:
+        """A child answers a `ctx.call`: record the answer in the waiting run's journal and
+        give it to the run. An answer nobody waits for any more (the call timed out, or its
+        run ended) is recorded without starting a run."""
+        assert self.writer is not None
+        call = item.envelope.name or ""
+        p = _child_payload(item.envelope)
+        answer = {"status": p["status"], "result": p["result"], "error": p["error"]}
+        driver = self.run
+        state = self.state
+        owner = state.active_run
+        entry = (state.journal.get(owner or "") or {}).get("calls", {}).get(call)
+        if driver is not None and call in driver.calls:
+            owner = driver.run
+        elif entry is None or entry["status"] != "waiting":
+            owner = None
+        finished = ev.ChildFinished(
+            address=p["address"],
+            status=p["status"],
+            result=p["result"],
+            error=p["error"],
+            run=p["run"],
+            call=call,
+        )
+        if owner is None:
+            self.writer.emit(finished, None)
+            self.writer.consume(item.offset)
+        elif driver is not None and driver.run == owner and not driver.durable:
+            self.writer.emit(finished, owner)
+            self.writer.consume(item.offset)
+            driver.answer(call, answer)
+        else:
+            await self.writer.commit([(finished, owner)], consumed=[item.offset])
+            if self.run is not None and self.run.run == owner:
+                self.run.answer(call, answer)
+            elif self.run is None and state.runs.get(owner, {}).get("status") == "running":
+                self._resume(owner)
+
     async def _cancel(self, item: InboxItem) -> None:
         assert self.writer is not None
         target = item.envelope.run
+        call = item.envelope.name
+        if target is None and call:  # the caller gave up on the call this entity answers
+            target = next(
+                (
+                    r
+                    for r, info in self.state.runs.items()
+                    if info.get("call") == call and info["status"] in ("running", "suspended")
+                ),
+                None,
+            )
         if self.run is not None and self.run.run == target:
             self.writer.consume(item.offset, flush=False)
             self.run.cancel("cancelled")
@@ -437,6 +509,11 @@ class Actor:
             ):
                 events = [fired, ev.SignalReceived(name=signal, timed_out=True)]
                 resume = True
+        elif name.startswith(CALL_TIMER):
+            call = payload.get("call", "")
+            entry = (state.journal.get(owner or "") or {}).get("calls", {}).get(call)
+            if entry is not None and entry["status"] == "waiting":
+                events = [fired]  # its fold marks the call timed out
         if not events or owner is None:
             self.writer.emit(fired, owner)
             self.writer.consume(item.offset)
@@ -446,6 +523,14 @@ class Actor:
         await self.writer.commit([(e, owner) for e in events], consumed=[item.offset])
         if resume:
             self._resume(owner)
+        elif name.startswith(CALL_TIMER) and self.run is not None and self.run.run == owner:
+            self.run.answer(payload.get("call", ""), {"status": "timed_out"})
+        elif (
+            name.startswith(CALL_TIMER)
+            and self.run is None
+            and state.runs.get(owner, {}).get("status") == "running"
+        ):
+            self._resume(owner)
 
     # -- the run tells us ------------------------------------------------------
 
@@ -453,7 +538,27 @@ class Actor:
         """The run ended, or (durable) suspended and left memory."""
         if self.run is driver:
             self.run = None
+            if driver.durable and self.broken is None and self._answered(driver):
+                assert self.writer is not None
+                self.writer.emit(ev.RunResumed(trigger="resume"), driver.run)
+                self._resume(driver.run)
         self.wakeup.set()
+
+    def _answered(self, driver: RunDriver) -> bool:
+        """A durable run suspended, but what it waits for was recorded while its handler
+        was still unwinding (a decision or a signal routed in between): resume it now."""
+        info = self.state.runs.get(driver.run, {})
+        waiting = str(info.get("waiting_for") or "")
+        if info.get("status") != "suspended":
+            return False
+        kind, _, name = waiting.partition(":")
+        if kind == "approval":
+            return bool(self.state.approvals.get(name, {}).get("status", "pending") != "pending")
+        if kind == "signal":
+            wanted = driver.signal_cursor.get(name, 0)  # the wait was the wanted-th of `name`
+            received = [s for s in driver.journal["signals"] if s["name"] == name]
+            return len(received) >= wanted > 0
+        return False
 
     def run_aborted(self, driver: RunDriver) -> None:
         if self.run is driver:

@@ -280,6 +280,29 @@ class Context:
             call_id, tool, fn, args or {}, requires_approval, approval_timeout, retries
         )
 
+    async def call(
+        self,
+        type: str,
+        id: str,
+        payload: Any = None,
+        *,
+        mode: str | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """Send `payload` to the entity `/<type>/<id>` (spawning it if it is new) and wait
+        for the run that message starts to end; return that run's result.
+
+        Raises `CallError` when the child's run failed or was cancelled, and
+        `TimeoutError` after `timeout` seconds. durable: the message is committed
+        (`child.spawned`) before the wait and the answer (`child.finished`) is recorded
+        in this run's journal, so after a restart the run resumes, the call returns the
+        recorded answer or waits again, and the child is never messaged twice; the
+        timeout is a durable timer. classic: the wait is in memory. Calls may run
+        concurrently (`asyncio.gather`); a call the run leaves unanswered when it ends
+        (cancelled, failed, or timed out) cancels the child's run.
+        """
+        return await self._run().call(type, id, payload, mode, timeout)
+
 
 def _check_user_timer(name: str) -> None:
     check_name(name, "timer name")

@@ -104,5 +104,15 @@ class StepError(TerminalError):
         self.error = error
 
 
+class CallError(WakefulError):
+    """`ctx.call` reached a child whose run did not complete (it failed or was cancelled)."""
+
+    def __init__(self, address: str, status: str, error: str | None) -> None:
+        super().__init__(f"call to {address} ended {status}: {error or 'no error given'}")
+        self.address = address
+        self.status = status
+        self.error = error
+
+
 class StoreClosed(WakefulError):
     """The store was used before `open()` or after `close()`."""

@@ -48,6 +48,8 @@ class MessageReceived(EventData, frozen=True):
     key: str | None = None
     mode: str | None = None
     reply_to: str | None = None
+    call: str | None = None
+    """The parent's call id when the message came from the parent's `ctx.call`."""
 
 
 class RunStarted(EventData, frozen=True):
@@ -56,6 +58,8 @@ class RunStarted(EventData, frozen=True):
     inbox: str | None = None
     source: str | None = None
     reply_to: str | None = None
+    call: str | None = None
+    """The parent's call id this run answers (its `child.finished` carries it back)."""
 
 
 class RunSuspended(EventData, frozen=True):
@@ -164,6 +168,8 @@ class TimerFired(EventData, frozen=True):
 class ChildSpawned(EventData, frozen=True):
     address: str = ""
     payload: Any = None
+    call: str | None = None
+    """Set when the run waits for the child's answer (`ctx.call`): `<run>:<position>`."""
 
 
 class ChildFinished(EventData, frozen=True):
@@ -175,6 +181,8 @@ class ChildFinished(EventData, frozen=True):
     """The child's run that finished."""
     inbox: str | None = None
     """Inbox offset of the notification that woke the parent."""
+    call: str | None = None
+    """The call this answers, when the child was started by `ctx.call`."""
 
 
 class StateSet(EventData, frozen=True):

@@ -28,12 +28,12 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from . import events as ev
-from .address import check_name
+from .address import check_name, make_address
 from .codec import normalize
 from .context import Context, Decision, Wake, step_key_var
-from .errors import JournalMismatch, StepError, TerminalError
+from .errors import CallError, JournalMismatch, StepError, TerminalError
 from .ports import Envelope
-from .registry import Handler
+from .registry import Handler, check_mode
 from .state import EntityState, changes_to_events
 
 if TYPE_CHECKING:
@@ -107,7 +107,13 @@ def closing_events(
 
 
 def child_notice(
-    address: str, reply_to: str | None, run: str, status: str, result: Any, error: str | None
+    address: str,
+    reply_to: str | None,
+    run: str,
+    status: str,
+    result: Any,
+    error: str | None,
+    call: str | None = None,
 ) -> list[Envelope]:
     if reply_to is None:
         return []
@@ -123,8 +129,39 @@ def child_notice(
                 "run": run,
             },
             source=address,
+            name=call,
         )
     ]
+
+
+def cancel_calls(address: str, calls: dict[str, str]) -> list[Envelope]:
+    """Cancel the children's runs that answer the calls (call id -> child address) a
+    run leaves unanswered when it ends: a child's run does not outlive the call."""
+    return [
+        Envelope(address=child, kind="cancel", source=address, name=call)
+        for call, child in calls.items()
+    ]
+
+
+def unanswered_calls(state: EntityState, run: str) -> dict[str, str]:
+    """The calls of `run` that got no answer, still waiting or timed out (call id ->
+    child address)."""
+    journal = state.journal.get(run) or {}
+    return {
+        call: entry["address"]
+        for call, entry in journal.get("calls", {}).items()
+        if entry["status"] in ("waiting", "timed_out")
+    }
+
+
+def call_outcome(address: str, entry: dict[str, Any]) -> Any:
+    """What `ctx.call` returns (or raises) for a recorded answer."""
+    status = entry["status"]
+    if status == "completed":
+        return entry.get("result")
+    if status == "timed_out":
+        raise TimeoutError(f"call to {address} was not answered in time")
+    raise CallError(address, status, entry.get("error"))
 
 
 class RunDriver:
@@ -139,6 +176,7 @@ class RunDriver:
         handler: Handler,
         reply_to: str | None,
         *,
+        call: str | None = None,
         fresh: bool = False,
     ) -> None:
         assert actor.writer is not None
@@ -150,11 +188,13 @@ class RunDriver:
         self.wake = wake
         self.handler = handler
         self.reply_to = reply_to
+        self.answers = call
+        """The parent's call id this run answers, if it was started by `ctx.call`."""
         self.position = 0
         self.task: asyncio.Task[None] | None = None
         self.cancel_reason: str | None = None
-        self.waiting = False
-        """True while a classic run awaits an approval or a signal in memory."""
+        self.calls: dict[str, str] = {}
+        """Calls waiting for an answer in memory: call id -> child address."""
         self.waiters: dict[str, asyncio.Future[Any]] = {}
         self.signals: dict[str, deque[Any]] = {}
         self.signal_cursor: dict[str, int] = {}
@@ -173,6 +213,12 @@ class RunDriver:
             max_payload=actor.rt.config.max_payload,
             driver=self,
         )
+
+    @property
+    def waiting(self) -> bool:
+        """The handler waits in memory for an approval, a signal or a call that has not
+        been answered yet (an answered wait counts as working at once)."""
+        return any(not future.done() for future in self.waiters.values())
 
     @property
     def key_prefix(self) -> str:
@@ -282,14 +328,19 @@ class RunDriver:
                 status,
                 result,
                 error or reason if status != "completed" else None,
+                self.answers,
             )
         )
+        unanswered = unanswered_calls(state, run) if self.durable else self.calls
+        outbox.extend(cancel_calls(state.address, unanswered))
         await self.writer.commit(out, outbox)
 
-    async def _commit_now(self, events: list[ev.EventData]) -> None:
+    async def _commit_now(
+        self, events: list[ev.EventData], outbox: list[Envelope] | None = None
+    ) -> None:
         """Commit for a durable run; a cancel waits for it, so nothing is recorded twice."""
         try:
-            await asyncio.shield(self.writer.commit([(e, self.run) for e in events]))
+            await asyncio.shield(self.writer.commit([(e, self.run) for e in events], outbox or ()))
         except Exception as exc:  # a conflict or a store error: recovery takes the run over
             log.warning("%s: run %s could not commit: %s", self.ctx.address, self.run, exc)
             raise Abort() from exc
@@ -325,6 +376,9 @@ class RunDriver:
         position = self.position
         self.position += 1
         if self.durable:
+            called = self.journal.get("calls", {}).get(f"{self.run}:{position}")
+            if called is not None:
+                raise JournalMismatch(self.run, position, f"call {called['address']}", name)
             recorded = self.journal["steps"].get(str(position))
             if recorded is not None:
                 if recorded["name"] != name:
@@ -423,7 +477,6 @@ class RunDriver:
         self._emit(suspended)
         future: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
         self.waiters[f"approval:{call_id}"] = future
-        self.waiting = True
         try:
             async with asyncio.timeout(timeout):
                 return await future
@@ -432,7 +485,6 @@ class RunDriver:
             self.decide(call_id, decision, "timeout")
             return decision
         finally:
-            self.waiting = False
             self.waiters.pop(f"approval:{call_id}", None)
 
     def decide(self, call_id: str, decision: Decision, trigger: str) -> bool:
@@ -476,7 +528,6 @@ class RunDriver:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.waiters[f"signal:{name}"] = future
         self._emit(ev.RunSuspended(waiting_for=f"signal:{name}"))
-        self.waiting = True
         try:
             async with asyncio.timeout(timeout):
                 return await future
@@ -484,7 +535,6 @@ class RunDriver:
             self._emit(ev.RunResumed(trigger="timeout"))
             raise TimeoutError(f"signal {name!r} did not arrive within {timeout}s") from None
         finally:
-            self.waiting = False
             self.waiters.pop(f"signal:{name}", None)
 
     def deliver_signal(self, name: str, payload: Any) -> None:
@@ -545,3 +595,74 @@ class RunDriver:
         ):
             self._emit(data)
         return data
+
+    # -- calls -----------------------------------------------------------------
+
+    async def call(
+        self, type: str, id: str, payload: Any, mode: str | None, timeout: float | None
+    ) -> Any:
+        address = make_address(type, id)
+        if address == self.ctx.address:
+            raise ValueError(f"{address} cannot call itself: the call would wait for its own run")
+        self.actor.rt.registry.get(type)
+        check_mode(mode)
+        if timeout is not None and timeout <= 0:
+            raise ValueError(f"call to {address}: timeout must be positive, got {timeout}")
+        position = self.position
+        self.position += 1
+        call = f"{self.run}:{position}"
+        entry = self.journal.get("calls", {}).get(call) if self.durable else None
+        if self.durable:
+            step = self.journal["steps"].get(str(position))
+            if step is not None:
+                raise JournalMismatch(self.run, position, step["name"], f"call {address}")
+        if entry is not None:
+            if entry["address"] != address:
+                raise JournalMismatch(
+                    self.run, position, f"call {entry['address']}", f"call {address}"
+                )
+            if entry["status"] != "waiting":
+                return call_outcome(address, entry)
+        else:
+            value = normalize(payload, f"payload of call to {address}", self.limit)
+            spawned = ev.ChildSpawned(address=address, payload=value, call=call)
+            envelope = Envelope(
+                address=address,
+                payload=value,
+                source=self.ctx.address,
+                mode=mode,
+                reply_to=self.ctx.address,
+                name=call,
+            )
+            if self.durable:
+                events: list[ev.EventData] = [spawned]
+                if timeout is not None:
+                    events.append(self._timeout(f"call:{call}", timeout, call=call))
+                await self._commit_now(events, [envelope])
+                entry = self.journal.get("calls", {}).get(call)
+                if entry is not None and entry["status"] != "waiting":
+                    return call_outcome(address, entry)
+            else:
+                self._emit(spawned)
+                self.writer.send(envelope)
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.waiters[f"call:{call}"] = future
+        self.calls[call] = address
+        try:  # durable: the timeout is the durable timer armed above
+            async with asyncio.timeout(None if self.durable else timeout):
+                answer = await future
+        except TimeoutError:
+            raise TimeoutError(f"call to {address} was not answered within {timeout}s") from None
+        finally:
+            self.waiters.pop(f"call:{call}", None)
+            if future.done() and not future.cancelled():  # else the child's run is cancelled
+                self.calls.pop(call, None)
+        return call_outcome(address, answer)
+
+    def answer(self, call: str, entry: dict[str, Any]) -> bool:
+        """The answer to a call this run waits for in memory arrived (and is recorded)."""
+        future = self.waiters.get(f"call:{call}")
+        if future is None or future.done():
+            return False
+        future.set_result(entry)
+        return True

@@ -42,6 +42,8 @@ COLLECTION_RULE = (
     "collection names are 1-64 characters: a letter or _, then letters, digits, _, - or ."
 )
 MAX_KEY = 1024
+CALL_TIMER = "wk:call:"
+"""Name prefix of the durable timer that ends a `ctx.call` wait (followed by the call id)."""
 
 
 def check_collection(name: str) -> str:
@@ -145,7 +147,7 @@ def _message_received(s: EntityState, e: Event) -> None:
         "kind": "message",
         "payload": d.payload,
         "source": d.source,
-        "name": None,
+        "name": d.call,
         "mode": d.mode,
         "key": d.key,
         "reply_to": d.reply_to,
@@ -171,6 +173,8 @@ def _run_started(s: EntityState, e: Event) -> None:
         "after": s.offset,
         "ended_at": None,
     }
+    if d.call is not None:
+        s.runs[e.run]["call"] = d.call
     wake = None
     if entry is not None:
         wake = {
@@ -184,8 +188,10 @@ def _run_started(s: EntityState, e: Event) -> None:
         "mode": d.mode,
         "reply_to": d.reply_to,
         "wake": wake,
+        "call": d.call,
         "steps": {},
         "signals": [],
+        "calls": {},
     }
 
 
@@ -350,6 +356,10 @@ def _timer_cancelled(s: EntityState, e: Event) -> None:
 def _timer_fired(s: EntityState, e: Event) -> None:
     d = e.data
     s.timers.pop(d.name, None)
+    if d.name.startswith(CALL_TIMER):
+        call = _journal_call(s, e.run, d.name[len(CALL_TIMER) :])
+        if call is not None and call["status"] == "waiting":
+            call["status"] = "timed_out"
     if d.inbox is not None:
         s.inbox[d.inbox] = {
             "kind": "timer",
@@ -363,8 +373,22 @@ def _timer_fired(s: EntityState, e: Event) -> None:
         }
 
 
+def _journal_call(s: EntityState, run: str | None, call: str) -> dict[str, Any] | None:
+    journal = s.journal.get(run or "")
+    if journal is None:
+        return None
+    found: dict[str, Any] | None = journal.setdefault("calls", {}).get(call)
+    return found
+
+
 def _child_spawned(s: EntityState, e: Event) -> None:
-    s.children[e.data.address] = {"status": "running", "run": e.run}
+    d = e.data
+    s.children[d.address] = {"status": "running", "run": e.run}
+    if d.call is not None:
+        s.children[d.address]["call"] = d.call
+        journal = s.journal.get(e.run or "")
+        if journal is not None:
+            journal.setdefault("calls", {})[d.call] = {"address": d.address, "status": "waiting"}
 
 
 def _child_finished(s: EntityState, e: Event) -> None:
@@ -373,6 +397,10 @@ def _child_finished(s: EntityState, e: Event) -> None:
     child["status"] = d.status
     child["result"] = d.result
     child["error"] = d.error
+    if d.call is not None:
+        call = _journal_call(s, e.run, d.call)
+        if call is not None and call["status"] == "waiting":
+            call.update(status=d.status, result=d.result, error=d.error)
     if d.inbox is not None:
         s.inbox[d.inbox] = {
             "kind": "child",

@@ -72,6 +72,12 @@ class Writer:
         self._events.append(NewEvent(ev.KIND_OF[type(data)], data, time.time(), run))
         self.schedule()
 
+    def send(self, envelope: Envelope) -> None:
+        """Buffer an outgoing message; it is committed in the background (or with the
+        next commit), together with the events buffered before it."""
+        self._outbox.append(envelope)
+        self.schedule()
+
     def hold(self, data: ev.EventData, run: str | None) -> None:
         """Buffer an event for the next commit without scheduling a flush."""
         self._events.append(NewEvent(ev.KIND_OF[type(data)], data, time.time(), run))

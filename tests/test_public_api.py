@@ -14,6 +14,7 @@ import wakeful.transports.sqlite
 
 def test_runtime_all() -> None:
     assert sorted(wakeful.runtime.__all__) == [
+        "CallError",
         "Commit",
         "ConcurrencyError",
         "Context",
