@@ -61,7 +61,7 @@ async def main(path: str) -> None:
         await rt.send("/janitor/j1", "Tidy up the disk, please.")
         await rt.idle()
         [run] = await rt.runs(address="/janitor/j1")
-        print(f"{run.status}, waiting for {run.reason}")
+        print(f"{run.status}, waiting for {run.waiting_for}")
     # the process could stop here: the durable run waits in the file
     async with Runtime(registry, SQLiteStore(path)) as rt:
         decision = await rt.approve("/janitor/j1", "c2", approved=True, reason="ok")

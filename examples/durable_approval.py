@@ -45,7 +45,7 @@ async def main(path: str) -> str:
         await rt.send("/janitor/tmp", {"path": "/tmp/cache"})
         await rt.idle()
         [run] = await rt.runs(address="/janitor/tmp")
-        print(f"{run.run}: {run.status}, waiting for {run.reason}")
+        print(f"{run.run}: {run.status}, waiting for {run.waiting_for}")
     # the process could have died here; the suspension is in the file
     async with Runtime(registry, SQLiteStore(path)) as rt:
         approvals = (await rt.state("/janitor/tmp"))["approvals"]

@@ -82,8 +82,15 @@ class RunRecord(msgspec.Struct, frozen=True):
     ended_at: float | None = None
     reason: str | None = None
     """Why it ended (the stop reason of a completed run, why it failed or was
-    cancelled) or what it waits for (suspended: `approval:<call_id>`, `signal:<name>`)."""
+    cancelled), or why it is suspended: `requires_approval` or `waiting_for_signal`."""
     error: str | None = None
+    waiting_for: str | None = None
+    """What a suspended run waits for: `approval:<call_id>` or `signal:<name>`."""
+
+
+def suspend_reason(waiting_for: str) -> str:
+    """The stop reason of a run suspended on `waiting_for`."""
+    return "requires_approval" if waiting_for.startswith("approval:") else "waiting_for_signal"
 
 
 ACTIVE = ("running", "suspended")

@@ -18,6 +18,7 @@ from . import events as ev
 from .codec import DEFAULT_MAX_PAYLOAD, normalize
 from .errors import InvalidAddress, InvalidPayload
 from .events import Event
+from .ports import suspend_reason
 
 BUILTIN_COLLECTIONS: tuple[str, ...] = (
     "runs",
@@ -209,6 +210,7 @@ def _run_status(status: str) -> Callable[[EntityState, Event], None]:
         if terminal:
             run["ended_at"] = e.at
             run.pop("waiting_for", None)
+            run.pop("reason", None)
             s.journal.pop(e.run, None)
             if s.active_run == e.run:
                 s.active_run = None
@@ -225,8 +227,10 @@ def _run_status(status: str) -> Callable[[EntityState, Event], None]:
             run["reason"] = d.reason
         elif status == "suspended":
             run["waiting_for"] = d.waiting_for
+            run["reason"] = suspend_reason(d.waiting_for)
         else:
             run.pop("waiting_for", None)
+            run.pop("reason", None)
 
     return apply
 

@@ -19,7 +19,7 @@ from . import events as ev
 from .errors import StoreClosed
 from .events import Event
 from .metrics import Metrics
-from .ports import Commit, Envelope, EventStore, NewEvent, RunRecord, TimerArm
+from .ports import Commit, Envelope, EventStore, NewEvent, RunRecord, TimerArm, suspend_reason
 from .state import EntityState, evolve
 
 Spawn = Callable[[Coroutine[Any, Any, None]], object]
@@ -259,8 +259,10 @@ def run_records(state: EntityState, events: list[NewEvent]) -> list[RunRecord]:
         d = e.data
         reason: str | None = None
         error: str | None = None
+        waiting_for: str | None = None
         if e.kind == "run.suspended":
-            reason = d.waiting_for
+            waiting_for = d.waiting_for
+            reason = suspend_reason(d.waiting_for)
         elif e.kind == "run.failed":
             reason, error = d.reason, d.error
         elif e.kind in ("run.cancelled", "run.completed"):
@@ -276,5 +278,6 @@ def run_records(state: EntityState, events: list[NewEvent]) -> list[RunRecord]:
             ended,
             reason,
             error,
+            waiting_for,
         )
     return list(records.values())

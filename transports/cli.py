@@ -469,6 +469,7 @@ def runs(ctx: click.Context, status: str, type_name: str | None, limit: int, as_
             return
         for r in records:
             why = f"  {r.reason}" if r.reason else ""
+            why += f" ({r.waiting_for})" if r.waiting_for else ""
             click.echo(f"{r.run}  {r.status:<10} {r.mode:<8} {r.address}{why}")
 
     _run(go())

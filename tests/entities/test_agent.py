@@ -98,7 +98,11 @@ async def test_an_approval_suspends_a_durable_agent_across_a_restart(
         await rt.send("/assistant/a3", "wipe sdb")
         await rt.idle()
         [run] = await rt.runs(address="/assistant/a3")
-        assert run.status == "suspended" and run.reason == "approval:w1"
+        assert (run.status, run.reason, run.waiting_for) == (
+            "suspended",
+            "requires_approval",
+            "approval:w1",
+        )
     async with Runtime(make(model, "durable"), store_factory()) as rt:
         await rt.approve("/assistant/a3", "w1", True)
         done = await finished(rt, "/assistant/a3")

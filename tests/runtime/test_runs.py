@@ -295,7 +295,11 @@ async def test_approval_suspends_and_resumes_the_run(
         await rt.send("/guarded/g", {"plain": True})  # waits behind the suspended run
         await rt.idle()
         run = (await rt.runs(address="/guarded/g"))[0]
-        assert run.status == "suspended" and run.reason == "approval:c1"
+        assert (run.status, run.reason, run.waiting_for) == (
+            "suspended",
+            "requires_approval",
+            "approval:c1",
+        )
         state = await rt.state("/guarded/g")
         assert state["approvals"]["c1"]["status"] == "pending"
         assert state["approvals"]["c1"]["args"] == {"path": "/tmp/x"}
@@ -412,7 +416,8 @@ async def test_signal_wakes_the_waiting_run(store_factory: StoreFactory, mode: s
             await rt.signal("/hook/h", "paid", {"amount": 1})
         await rt.send("/hook/h", {}, mode=mode)
         await rt.idle()
-        assert (await rt.runs(address="/hook/h"))[0].reason == "signal:paid"
+        waiting = (await rt.runs(address="/hook/h"))[0]
+        assert (waiting.reason, waiting.waiting_for) == ("waiting_for_signal", "signal:paid")
         await rt.signal("/hook/h", "paid", {"amount": 21})
         await rt.idle()
         events = await rt.read("/hook/h")
