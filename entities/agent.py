@@ -3,21 +3,30 @@
 Each message starts a run: a model step (its text streamed as `text.delta`), then
 for each tool call `tool.called`, an approval when the tool requires one, the tool
 as a step, and `tool.result` (success, error or denied); then the model again,
-until it stops calling tools. The conversation is the agent's state, rebuilt from
-its stream; the model sees the last `max_messages` messages of it.
+until it stops calling tools. Tool calls of one model response run concurrently
+when none needs an approval. The conversation is the agent's state, rebuilt from
+its stream; the model sees a bounded window of it (`max_messages`, `max_tokens`),
+optionally with a summary of what fell out of the window (`summarize=True`).
+
+Other agents can be tools (`subagents=[...]`): a call spawns (or messages) the
+sub-agent's entity with `ctx.call` and waits for its run, whose final text is the
+tool result; with `inline_subagents=True` the sub-agent's loop runs inside this
+run instead, its steps recorded in this entity's stream.
 
 The run's result is `{"text", "stop_reason"}`, and the stop reason (`end_turn` or
 `max_steps`) is the run's `reason`; a model failure fails the run with reason
-`llm_api_error`. A call to
-an unknown tool, or with arguments that fail the tool's schema, gets the
-validation error as its result (`invalid_tool_call`), and the model may retry.
+`llm_api_error`. A call to an unknown tool, or with arguments that fail the tool's
+schema, gets the validation error as its result (`invalid_tool_call`), and the
+model may retry.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from wakeful.runtime import Context, Registry, TerminalError, Wake
@@ -41,65 +50,155 @@ class Agent:
         instructions: str = "",
         description: str = "",
         tools: Iterable[Tool] = (),
+        subagents: Iterable[Agent] = (),
+        inline_subagents: bool = False,
         mode: str = "classic",
         max_iterations: int = 100,
         max_messages: int = 50,
+        max_tokens: int | None = None,
+        summarize: bool = False,
+        summary_model: Model | None = None,
+        parallel_tool_calls: bool = True,
         approval_timeout: float = 3600.0,
+        call_timeout: float | None = None,
     ) -> None:
         if max_iterations < 1 or max_messages < 1:
             raise ValueError("max_iterations and max_messages must be at least 1")
+        if max_tokens is not None and max_tokens < 1:
+            raise ValueError("max_tokens must be at least 1 (or None for no token budget)")
         self.name = name
         self.model = model
         self.instructions = instructions
         self.description = description or f"The {name} agent."
         self.tools = {t.name: t for t in tools}
+        self.subagents = {a.name: a for a in subagents}
+        clash = sorted(set(self.tools) & set(self.subagents))
+        if clash:
+            raise ValueError(f"agent {name!r}: {clash} is both a tool and a sub-agent")
+        if name in self.subagents:
+            raise ValueError(f"agent {name!r} cannot be its own sub-agent")
+        self.inline_subagents = inline_subagents
         self.mode = mode
         self.max_iterations = max_iterations
         self.max_messages = max_messages
+        self.max_tokens = max_tokens
+        self.summarize = summarize
+        self.summary_model = summary_model or model
+        self.parallel_tool_calls = parallel_tool_calls
         self.approval_timeout = approval_timeout
+        self.call_timeout = call_timeout
+
+    def __repr__(self) -> str:
+        return f"Agent({self.name!r})"
 
     def register(self, registry: Registry) -> None:
-        """Register this agent as the entity type `name`."""
+        """Register this agent as the entity type `name`, and its sub-agents (unless they
+        run inline, or are registered already)."""
         registry.add(
             self.name,
             self.handle,
             mode=self.mode,
             meta={"kind": "agent", "description": self.description},
         )
+        if not self.inline_subagents:
+            for sub in self.subagents.values():
+                if sub.name not in registry:
+                    sub.register(registry)
+
+    def spec(self) -> dict[str, Any]:
+        """This agent as a tool another agent's model can call."""
+        return {
+            "type": "function",
+            "function": {
+                "name": self.name,
+                "description": self.description,
+                "parameters": {
+                    "type": "object",
+                    "properties": {
+                        "task": {
+                            "type": "string",
+                            "description": "What to ask, with all the context it needs",
+                        }
+                    },
+                    "required": ["task"],
+                    "additionalProperties": False,
+                },
+            },
+        }
 
     # -- the loop --------------------------------------------------------------------
 
     async def handle(self, ctx: Context, wake: Wake) -> object:
         conversation = ctx.state["conversation"]
-        _add(conversation, {"role": "user", "content": _content(wake)})
-        specs = [t.spec() for t in self.tools.values()]
+        history = [conversation[k] for k in sorted(conversation)]
+
+        def save(message: dict[str, Any]) -> None:
+            _add(conversation, message)
+            history.append(message)
+
+        save({"role": "user", "content": _content(wake)})
+        summary = await self._summary(ctx, history)
+        outcome = await self.reason(ctx, history, save, summary=summary)
+        ctx.stop_reason = outcome["stop_reason"]
+        return outcome
+
+    async def reason(
+        self,
+        ctx: Context,
+        history: list[dict[str, Any]],
+        save: Callable[[dict[str, Any]], None],
+        *,
+        scope: str = "",
+        summary: str | None = None,
+    ) -> dict[str, Any]:
+        """The reasoning loop on `history` (the last message is the request), adding its
+        messages with `save`; returns `{"text", "stop_reason"}`. `scope` is empty for
+        the agent's own run and names the call when it runs inline in another's."""
+        specs = [t.spec() for t in self.tools.values()] + [
+            a.spec() for a in self.subagents.values()
+        ]
+        stream = not scope
+        label = f"{self.name}:model" if scope else "model"
+        taken = ctx.state["tool_calls"]
         used: set[str] = set()
         for iteration in range(self.max_iterations):
-            messages = self._context(conversation)
+            messages = self._window(history, summary)
             try:
-                raw = await ctx.step("model", self._ask, ctx, messages, specs)
+                raw = await ctx.step(label, self._ask, ctx, messages, specs, stream)
             except TerminalError as exc:  # the model step failed for good
                 raise TerminalError(str(exc), reason="llm_api_error") from exc
             reply = _reply(raw)
-            ctx.end_text()
-            _add(conversation, _assistant(reply))
+            if stream:
+                ctx.end_text()
+            save(_assistant(reply))
             if not reply.tool_calls:
-                ctx.stop_reason = "end_turn"
                 return {"text": reply.text, "stop_reason": "end_turn"}
+            calls: list[tuple[str, ToolCall]] = []
             for index, call in enumerate(reply.tool_calls):
-                # the call id names the approval; a model may repeat or mangle one
-                fresh = CALL_ID.match(call.id) and call.id not in used
-                call_id = call.id if fresh else f"call-{iteration}-{index}"
+                # the call id names the approval and the tool call in the entity's log;
+                # a model may repeat or mangle one, and an inline agent's are scoped
+                call_id = f"{scope}{call.id}"
+                earlier = taken.get(call_id)
+                if (
+                    not CALL_ID.match(call_id)
+                    or call_id in used
+                    or (earlier is not None and earlier.get("run") != ctx.run)
+                ):
+                    call_id = _short(f"{scope}call-{ctx.run[4:]}-{iteration}-{index}")
                 used.add(call_id)
-                content = await self._run_tool(ctx, call_id, call)
-                _add(conversation, {"role": "tool", "tool_call_id": call.id, "content": content})
-        ctx.stop_reason = "max_steps"
+                calls.append((call_id, call))
+            for (_, call), content in zip(calls, await self._calls(ctx, calls), strict=True):
+                save({"role": "tool", "tool_call_id": call.id, "content": content})
         return {"text": "", "stop_reason": "max_steps"}
 
     async def _ask(
-        self, ctx: Context, messages: list[dict[str, Any]], specs: list[dict[str, Any]]
+        self,
+        ctx: Context,
+        messages: list[dict[str, Any]],
+        specs: list[dict[str, Any]],
+        stream: bool,
     ) -> dict[str, Any]:
-        reply = await self.model.reply(messages, specs, ctx.emit_text)
+        reply = await self.model.reply(messages, specs, ctx.emit_text if stream else _quiet)
         return {
             "text": reply.text,
             "tool_calls": [
@@ -107,13 +206,37 @@ class Agent:
             ],
         }
 
-    async def _run_tool(self, ctx: Context, call_id: str, call: ToolCall) -> str:
+    async def _calls(self, ctx: Context, calls: list[tuple[str, ToolCall]]) -> list[str]:
+        """Run the calls of one model response: concurrently when none needs an approval
+        and none runs a sub-agent inline (their steps must keep their order); else in
+        order. The results come back in call order either way."""
+        concurrent = (
+            self.parallel_tool_calls
+            and len(calls) > 1
+            and not any(self._needs_order(call.name) for _, call in calls)
+        )
+        if concurrent:
+            return list(await asyncio.gather(*(self._invoke(ctx, i, c) for i, c in calls)))
+        return [await self._invoke(ctx, call_id, call) for call_id, call in calls]
+
+    def _needs_order(self, name: str) -> bool:
+        tool = self.tools.get(name)
+        if tool is not None:
+            return tool.requires_approval
+        return name in self.subagents and self.inline_subagents
+
+    async def _invoke(self, ctx: Context, call_id: str, call: ToolCall) -> str:
+        """Run one tool call (a tool or a sub-agent) and return what the model reads."""
+        sub = self.subagents.get(call.name)
         tool = self.tools.get(call.name)
         try:
-            if tool is None:
-                known = ", ".join(sorted(self.tools)) or "none"
+            if sub is not None:
+                kwargs = {"task": _task(call.name, call.arguments)}
+            elif tool is not None:
+                kwargs = tool.validate(call.arguments)
+            else:
+                known = ", ".join(sorted([*self.tools, *self.subagents])) or "none"
                 raise InvalidToolCall(call.name, f"no such tool; the tools are: {known}")
-            kwargs = tool.validate(call.arguments)
         except InvalidToolCall as exc:
             message = str(exc)
 
@@ -121,30 +244,153 @@ class Agent:
                 raise TerminalError(message, reason="invalid_tool_call")
 
             args = call.arguments if isinstance(call.arguments, dict) else {"raw": call.arguments}
-            result = await ctx.tool_call(call_id, call.name, refuse, args)
-            return f"error: {result.error}"
-        result = await ctx.tool_call(
-            call_id,
-            tool.name,
-            tool,
-            kwargs,
-            requires_approval=tool.requires_approval,
-            approval_timeout=self.approval_timeout,
-        )
+            await ctx.tool_call(call_id, call.name, refuse, args)
+            return f"error: {message}"
+        if sub is not None:
+            result = await ctx.tool_call(
+                call_id, sub.name, self._subagent(ctx, sub, call_id), kwargs, step=False
+            )
+        else:
+            assert tool is not None
+            result = await ctx.tool_call(
+                call_id,
+                tool.name,
+                tool,
+                kwargs,
+                requires_approval=tool.requires_approval,
+                approval_timeout=self.approval_timeout,
+            )
         if result.status == "success":
             return _text(result.result)
         if result.status == "denied":
             return f"denied: {result.error or 'the call was not approved'}"
         return f"error: {result.error}"
 
-    def _context(self, conversation: Any) -> list[dict[str, Any]]:
-        """What the model sees: the instructions and the last `max_messages` messages,
-        never starting on a tool result whose call was cut off."""
-        history = [conversation[k] for k in sorted(conversation)][-self.max_messages :]
-        while history and history[0].get("role") == "tool":
-            history.pop(0)
-        system = [{"role": "system", "content": self.instructions}] if self.instructions else []
-        return system + history
+    def _subagent(self, ctx: Context, sub: Agent, call_id: str) -> Callable[..., Awaitable[str]]:
+        """The work of a sub-agent call: inline, its loop in this run; else a call to its
+        entity, `/<sub>/<this id>.<call id>`, which answers with its final text."""
+        if self.inline_subagents:
+
+            async def inline(task: str) -> str:
+                history = [{"role": "user", "content": task}]
+                outcome = await sub.reason(ctx, history, history.append, scope=f"{call_id}.")
+                return str(outcome["text"])
+
+            return inline
+
+        async def spawned(task: str) -> str:
+            child = _short(f"{ctx.id}.{call_id}")
+            result = await ctx.call(
+                sub.name, child, {"text": task}, mode=ctx.mode, timeout=self.call_timeout
+            )
+            if isinstance(result, dict) and isinstance(result.get("text"), str):
+                return str(result["text"])
+            return _text(result)
+
+        return spawned
+
+    # -- what the model sees ---------------------------------------------------------
+
+    def _window(self, history: list[dict[str, Any]], summary: str | None) -> list[dict[str, Any]]:
+        """The instructions (with the summary of older turns, if any) and the last
+        `max_messages` messages within `max_tokens`, never starting on a tool result
+        whose call was cut off."""
+        recent = history[-self.max_messages :]
+        if self.max_tokens is not None:
+            budget = self.max_tokens
+            kept: list[dict[str, Any]] = []
+            for message in reversed(recent):
+                budget -= _tokens(message)
+                if budget < 0 and kept:
+                    break
+                kept.append(message)
+            recent = kept[::-1]
+        while len(recent) > 1 and recent[0].get("role") == "tool":
+            recent = recent[1:]
+        system = self.instructions
+        if summary:
+            system = f"{system}\n\nSummary of the earlier conversation:\n{summary}".strip()
+        return ([{"role": "system", "content": system}] if system else []) + recent
+
+    async def _summary(self, ctx: Context, history: list[dict[str, Any]]) -> str | None:
+        """With `summarize`, a summary of the messages before the window: brought up to
+        date (as the step `summarize`) once half a window's worth has fallen out, and
+        kept in the collection `memory`."""
+        if not self.summarize:
+            return None
+        memory = ctx.state["memory"]
+        summary = str(memory.get("summary") or "")
+        upto = int(memory.get("summary_upto") or 0)
+        cut = len(history) - self.max_messages
+        if cut - upto >= max(1, self.max_messages // 2):
+            prompt = [
+                {"role": "system", "content": SUMMARY_PROMPT},
+                {
+                    "role": "user",
+                    "content": (f"Summary so far:\n{summary}\n\n" if summary else "")
+                    + "Conversation to add:\n"
+                    + "\n".join(_line(m) for m in history[upto:cut]),
+                },
+            ]
+            try:
+                summary = await ctx.step("summarize", self._summarize, prompt)
+            except TerminalError as exc:
+                raise TerminalError(str(exc), reason="llm_api_error") from exc
+            memory["summary"] = summary
+            memory["summary_upto"] = cut
+        return summary or None
+
+    async def _summarize(self, prompt: list[dict[str, Any]]) -> str:
+        reply = await self.summary_model.reply(prompt, [], _quiet)
+        return reply.text
+
+
+SUMMARY_PROMPT = (
+    "You keep the memory of a long conversation. Merge the summary so far with the "
+    "messages given into one concise summary: facts, decisions, names, numbers and "
+    "open tasks. Answer with the summary only."
+)
+
+
+def _quiet(_: str) -> None:
+    """Text that is not streamed (an inline sub-agent's, a summary)."""
+
+
+def _short(identifier: str) -> str:
+    """`identifier` if it fits an id (128 characters), else a shortened form that is
+    still unique: its start and a hash of the whole."""
+    if len(identifier) <= 128:
+        return identifier
+    digest = hashlib.sha256(identifier.encode()).hexdigest()[:16]
+    return f"{identifier[:100]}-{digest}"
+
+
+def _task(name: str, arguments: Any) -> str:
+    """The `task` argument of a sub-agent call, or `InvalidToolCall`."""
+    if isinstance(arguments, str | bytes):
+        try:
+            arguments = json.loads(arguments or "{}")
+        except ValueError as exc:
+            raise InvalidToolCall(name, f"arguments are not valid JSON: {exc}") from None
+    task = arguments.get("task") if isinstance(arguments, dict) else None
+    if not isinstance(task, str) or not task.strip():
+        raise InvalidToolCall(name, "give the sub-agent a non-empty string `task`")
+    return task
+
+
+def _tokens(message: dict[str, Any]) -> int:
+    """A rough token count (4 characters a token), enough for a budget."""
+    return len(json.dumps(message)) // 4 + 4
+
+
+def _line(message: dict[str, Any]) -> str:
+    text = message.get("content") or ""
+    if message.get("tool_calls"):
+        calls = ", ".join(
+            f"{c['name']}({_text(c.get('arguments'))})" for c in message["tool_calls"]
+        )
+        text = f"{text} [calls {calls}]".strip()
+    return f"{message.get('role', '?')}: {text}"
 
 
 def _add(conversation: Any, message: dict[str, Any]) -> None:

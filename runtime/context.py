@@ -273,11 +273,17 @@ class Context:
         requires_approval: bool = False,
         approval_timeout: float | None = None,
         retries: int = 0,
+        step: bool = True,
     ) -> ToolResult:
         """Record `tool.called`, ask for approval if needed, run `fn(**args)` as a step,
-        and record `tool.result` (success, error or denied), which it returns."""
+        and record `tool.result` (success, error or denied), which it returns.
+
+        With `step=False`, `fn` is not a step: it is awaited as it is, and must itself be
+        deterministic the way a durable handler is (its work in `ctx.step`, `ctx.call`,
+        `ctx.tool_call`), since a durable run replays it; use it for a tool that calls
+        another entity (`ctx.call`) or runs steps of its own."""
         return await self._run().tool_call(
-            call_id, tool, fn, args or {}, requires_approval, approval_timeout, retries
+            call_id, tool, fn, args or {}, requires_approval, approval_timeout, retries, step
         )
 
     async def call(

@@ -173,3 +173,22 @@ async def test_limits_and_model_failures_are_stop_reasons(store_factory: StoreFa
         ]
         failed = next(r for r in runs if r.status == "failed")
         assert "replies are used up" in (failed.error or "")
+
+
+async def test_a_call_id_reused_in_a_later_turn_gets_a_fresh_one(
+    store_factory: StoreFactory,
+) -> None:
+    def call_add(messages: list[dict[str, Any]]) -> Reply:
+        return Reply(tool_calls=[ToolCall("call_0", "add", {"a": 1, "b": 2})])
+
+    script: list[Any] = [call_add, "three", call_add, "three again"]
+    model = ScriptedModel(script)
+    async with Runtime(make(model), store_factory()) as rt:
+        for text in ("first", "second"):
+            await rt.send("/assistant/reuse", {"text": text})
+            done = await finished(rt, "/assistant/reuse")
+            assert done["record"].status == "completed"
+        state = await rt.state("/assistant/reuse")
+        ids = list(state["tool_calls"])
+        assert ids[0] == "call_0" and ids[1].startswith("call-") and len(ids) == 2
+        assert all(c["status"] == "success" for c in state["tool_calls"].values())
