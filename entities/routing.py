@@ -240,9 +240,9 @@ class Rule:
         return [self.conditions[t.index] for t in self._semantic]
 
     def _compile(self, index: int, condition: Condition) -> _Test:
-        where = f"rule {self.name!r}, condition {index} ({condition.field} {condition.op})"
         if not isinstance(condition, Condition):
             raise ValueError(f"rule {self.name!r}: condition {index} is not a Condition")
+        where = f"rule {self.name!r}, condition {index} ({condition.field} {condition.op})"
         if not isinstance(condition.field, str) or not FIELD.match(condition.field):
             raise ValueError(f"{where}: field {condition.field!r} is not allowed; {FIELD_RULE}")
         if condition.op not in OPS:
