@@ -3,6 +3,8 @@ conditions (with HashingEmbedder, and OpenAIEmbeddings against a real local serv
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -705,3 +707,31 @@ async def test_semantic_routing_through_openai_embeddings_on_a_real_server() -> 
     assert len(fake.requests) == 4  # the 429, its retry, then one per request
     assert fake.requests[1]["input"][0] == "where is my parcel?"
     assert fake.requests[2]["input"] == ["refund my order now"]
+
+
+def docs_example() -> tuple[str, str]:
+    """The router example of docs/agents.md's route mode section, and its comment."""
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "agents.md").read_text()
+    code = re.findall(r"```python\n(.*?)```", docs[docs.index("## Route mode") :], re.S)[1]
+    code, comment = code.split("decision = await router.decide(text, payload, ctx.state)\n")
+    return code, comment
+
+
+async def test_the_route_mode_example_in_the_docs_decides_as_it_says() -> None:
+    code, comment = docs_example()
+    scope: dict[str, Any] = {}
+    exec(code, scope)
+    router: Router = scope["router"]
+    decision = await router.decide("I want a refund", {"order": "o-17"}, {})
+    assert decision == Decision(
+        "refunds", "rule", "refund", {"order": "o-17"}, "fraud_check", {}, "rule 'refund' matched"
+    )
+    assert 'Decision(route="refunds", how="rule", rule="refund", arguments={"order": "o-17"},' in (
+        comment
+    )
+    gold = await router.decide("I want a refund", {"order": "o-17"}, {"profile": {"tier": "gold"}})
+    assert gold.route == "concierge"
+    assert (await router.decide("where is my parcel now", None, {})).route == "tracking"
+    asked = await router.decide("can you help?", None, {})
+    assert (asked.route, asked.how) == ("tracking", "llm")
+    assert (await router.decide("hello", None, {})).how == "default"
