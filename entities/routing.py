@@ -70,6 +70,7 @@ NONE = "none"
 """What a routing model answers when no capability fits."""
 
 _MISSING: Any = object()
+_INDEX = re.compile(r"-?[0-9]+")
 
 
 # -- data ----------------------------------------------------------------------------
@@ -423,7 +424,7 @@ class _Request:
                 if key not in value:
                     return _MISSING
                 value = value[key]
-            elif isinstance(value, list | tuple) and key.lstrip("-").isdigit():
+            elif isinstance(value, list | tuple) and _INDEX.fullmatch(key):
                 index = int(key)
                 if not -len(value) <= index < len(value):
                     return _MISSING

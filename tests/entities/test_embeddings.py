@@ -14,7 +14,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from wakeful.entities import HashingEmbedder, ModelError, OpenAIEmbeddings, WordLlamaEmbeddings
+from wakeful.entities import (
+    Condition,
+    HashingEmbedder,
+    ModelError,
+    OpenAIEmbeddings,
+    Router,
+    Rule,
+    WordLlamaEmbeddings,
+)
 from wakeful.entities.embeddings import cosine
 from wakeful.transports.cli import serving
 
@@ -181,3 +189,16 @@ async def test_wordllama_embeds_with_its_bundled_model_offline() -> None:
     # semantic, not lexical: no word in common, yet close
     assert cosine(money, refund) > 0.3 > cosine(money, weather)
     assert await embedder.embed([]) == []
+    router = Router(
+        [
+            Rule(
+                "refund",
+                [Condition("content", "semantic", "refund my order", threshold=0.3)],
+                route="refunds",
+            )
+        ],
+        default="chat",
+        embedder=embedder,
+    )
+    assert (await router.decide("I want my money back")).route == "refunds"
+    assert (await router.decide("what is the weather in Paris")).route == "chat"

@@ -194,6 +194,7 @@ async def test_exists() -> None:
         "state.profile.tier.deeper",  # a string has no keys
         "state.profile.tags.5",  # past the end of a list
         "state.profile.tags.first",  # a list has no named keys
+        "state.profile.tags.--1",
         "payload.missing",
         "payload.channel.x",
     ],
