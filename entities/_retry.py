@@ -1,4 +1,5 @@
-"""What the HTTP model adapters share: one streamed POST per reply, retries, errors."""
+"""What the HTTP model adapters share: one (streamed) POST per call, retries, errors.
+The chat adapters read a stream into a `Reply`; the embeddings adapter reads JSON."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from .models import ModelError, Reply
+from .models import ModelError
 
 RETRY_STATUSES = frozenset((408, 409, 429, 500, 502, 503, 504, 529))
 """Statuses worth another try: timeouts, rate limits, overloads, server errors."""
@@ -65,8 +66,9 @@ def retry_after(response: httpx.Response) -> float | None:
 
 
 class HTTPModel:
-    """Base of the adapters: POSTs a streaming request and retries what may pass on
-    another try (`RETRY_STATUSES`, timeouts, connection errors)."""
+    """Base of the adapters: POSTs a streaming request, hands a 200 response to a
+    reader, and retries what may pass on another try (`RETRY_STATUSES`, timeouts,
+    connection errors)."""
 
     def __init__(
         self,
@@ -88,8 +90,8 @@ class HTTPModel:
         self,
         path: str,
         body: dict[str, Any],
-        read: Callable[[httpx.Response], Awaitable[Reply]],
-    ) -> Reply:
+        read: Callable[[httpx.Response], Awaitable[T]],
+    ) -> T:
         async with httpx.AsyncClient(
             base_url=self.base_url,
             headers=self._headers,
@@ -108,8 +110,8 @@ class HTTPModel:
         http: httpx.AsyncClient,
         path: str,
         body: dict[str, Any],
-        read: Callable[[httpx.Response], Awaitable[Reply]],
-    ) -> Reply:
+        read: Callable[[httpx.Response], Awaitable[T]],
+    ) -> T:
         try:
             async with http.stream("POST", path, json=body) as response:
                 if response.status_code != 200:
@@ -124,4 +126,4 @@ class HTTPModel:
         except httpx.TransportError as exc:
             raise Retry(f"connection failed: {exc!r}", None) from exc
         except (json.JSONDecodeError, KeyError) as exc:
-            raise ModelError(f"{self.base_url}: a stream chunk is malformed: {exc!r}") from exc
+            raise ModelError(f"{self.base_url}: the response is malformed: {exc!r}") from exc
