@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from wakeful.runtime import Event, InvalidAddress, Runtime, make_address
+from wakeful.runtime import EntityInfo, Event, InvalidAddress, Runtime, make_address
 
 from .auth import Auth
 from .config import ApiKey
@@ -476,33 +476,20 @@ class OpenAICompat:
         turn = parse_chat(await read_body(request, self.api.config.max_body))
         self.auth.check(key, "send", turn.model)
         self._agent(turn.model, key)
-        entity = request.headers.get(ENTITY_HEADER) or turn.user or _fresh_id()
+        entity, source, param = request.headers.get(ENTITY_HEADER), ENTITY_HEADER, None
+        if not entity:
+            entity, source, param = turn.user, "user", "user"
+        if not entity:
+            entity = _fresh_id()
         try:
             address = make_address(turn.model, entity)
         except InvalidAddress as exc:
-            source = (
-                f"the {ENTITY_HEADER} header"
-                if request.headers.get(ENTITY_HEADER)
-                else "user"
-                if turn.user
-                else "the entity id"
-            )
-            param = "user" if source == "user" else None
             raise _bad(
                 f"{source} does not name an entity: {exc}", param, "invalid_entity"
             ) from None
         info = await self.rt.describe(address)
         if info.status == "suspended":
-            raise OpenAIError(
-                409,
-                f"{address} has run {info.active_run} waiting for {info.waiting_for}; a new "
-                "message would wait behind it. Decide the approval "
-                f"(POST {address}/approvals/<call_id>) or cancel the run "
-                f"(POST /runs/{info.active_run}/cancel), then send again",
-                code="entity_suspended",
-                headers={**NO_RETRY, ENTITY_HEADER: entity},
-                wakeful=WakefulRun(info.active_run, address, "suspended", None, info.waiting_for),
-            )
+            raise _suspended(info, {**NO_RETRY, ENTITY_HEADER: entity})
         offset = await self.rt.send(
             address,
             {"text": turn.text},
@@ -515,7 +502,23 @@ class OpenAICompat:
         if turn.stream:
             body = self._chunks(turn.model, _RunView(address), events, headers)
             return sse_response(body, self.api.config.sse_keepalive, {ENTITY_HEADER: entity})
-        view = _RunView(address)
+        try:
+            return await self._completion(turn.model, _RunView(address), events, headers)
+        except Exception as exc:
+            err = _as_openai(exc)
+            if err.status >= 500 and not isinstance(exc, OpenAIError):
+                log.error("following %s failed", address, exc_info=exc)
+            err.headers = {**err.headers, **headers}
+            raise err from exc
+
+    async def _completion(
+        self,
+        model: str,
+        view: _RunView,
+        events: AsyncGenerator[Event, None],
+        headers: dict[str, str],
+    ) -> Response:
+        """The run as one `chat.completion`, once it completed or suspended."""
         async with contextlib.aclosing(events):
             async for event in events:
                 view.feed(event)
@@ -526,11 +529,11 @@ class OpenAICompat:
         completion = ChatCompletion(
             id=view.id,
             created=view.created,
-            model=turn.model,
+            model=model,
             choices=[Choice(0, AssistantMessage("assistant", view.content), view.finish_reason)],
             wakeful=view.info(),
         )
-        return json_response(completion, headers={ENTITY_HEADER: entity})
+        return json_response(completion, headers={ENTITY_HEADER: headers[ENTITY_HEADER]})
 
     async def _chunks(
         self,
@@ -572,6 +575,27 @@ class OpenAICompat:
             log.error("streaming %s failed", view.address, exc_info=exc)
             yield frame(_encode(err.body()))
         yield frame(b"[DONE]")
+
+
+def _suspended(info: EntityInfo, headers: dict[str, str]) -> OpenAIError:
+    """409: the entity's run waits (for an approval or a signal); a message sent now
+    would wait behind it."""
+    address, run, waiting = info.address, info.active_run, info.waiting_for or ""
+    what, _, name = waiting.partition(":")
+    if what == "approval":
+        unblock = f"decide the approval (POST {address}/approvals/{name})"
+    elif what == "signal":
+        unblock = f"deliver the signal (POST {address}/signals/{name})"
+    else:
+        unblock = "let it finish"
+    return OpenAIError(
+        409,
+        f"{address} has run {run} waiting for {waiting}, and a new message would wait "
+        f"behind it: {unblock} or cancel the run (POST /runs/{run}/cancel), then send again",
+        code="entity_suspended",
+        headers=headers,
+        wakeful=WakefulRun(run, address, "suspended", None, info.waiting_for),
+    )
 
 
 def _fresh_id() -> str:
