@@ -21,6 +21,7 @@ from .config import ServerConfig
 from .entities import RESERVED_TYPES, EntityAPI, json_response
 from .errors import HTTPError, handle
 from .hub import Hub
+from .openai_compat import OpenAICompat
 from .openapi import build_openapi
 
 
@@ -42,9 +43,10 @@ def create_app(
     """The HTTP app of `runtime`.
 
     `streams` is the generic Durable Streams app, mounted at `/v1/stream` behind the
-    API keys. With `manage`, the app opens the runtime when it starts and closes it
-    when it stops; `lifespan_hooks` are entered after it and left before it (a
-    streams store, say).
+    API keys. The agents (entity types with `meta["kind"] == "agent"`) are also served
+    as models of an OpenAI-compatible API at `/v1/chat/completions` and `/v1/models`.
+    With `manage`, the app opens the runtime when it starts and closes it when it stops;
+    `lifespan_hooks` are entered after it and left before it (a streams store, say).
     """
     config = config or ServerConfig()
     reserved = RESERVED_TYPES.intersection(runtime.registry.types)
@@ -80,6 +82,9 @@ def create_app(
     ]
     if streams is not None:
         routes.append(Mount("/v1/stream", app=GuardStreams(streams, auth)))
+    # The OpenAI-compatible endpoint; every other /v1 path ends here too (a 404), never
+    # in the entity routes (`v1` is a reserved type name).
+    routes.append(Mount("/v1", routes=OpenAICompat(api).routes()))
     routes += api.routes()
 
     @contextlib.asynccontextmanager

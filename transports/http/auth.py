@@ -136,7 +136,8 @@ class CORS:
         (b"access-control-allow-methods", b"GET, POST, HEAD, OPTIONS"),
         (
             b"access-control-allow-headers",
-            b"authorization, content-type, idempotency-key, last-event-id, if-none-match",
+            b"authorization, content-type, idempotency-key, last-event-id, if-none-match, "
+            b"x-wakeful-entity",
         ),
         (b"access-control-max-age", b"86400"),
     ]
@@ -144,7 +145,8 @@ class CORS:
         (b"access-control-allow-origin", b"*"),
         (
             b"access-control-expose-headers",
-            b"stream-next-offset, stream-up-to-date, stream-cursor, etag, wakeful-offset",
+            b"stream-next-offset, stream-up-to-date, stream-cursor, etag, wakeful-offset, "
+            b"x-wakeful-entity",
         ),
     ]
 

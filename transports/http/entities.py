@@ -4,8 +4,9 @@ signals and cancel. Every endpoint calls the public `Runtime` API only."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, Literal
 
 import msgspec
@@ -234,20 +235,32 @@ class EntityAPI:
         """SSE: `accepted`, then the events of the run that message `offset` starts,
         through its terminal event. `resume` (Last-Event-ID) skips what the client has."""
         yield frame(_encode(Accepted(address, offset)), event="accepted")
+        async for event in self.follow_message(address, offset, before, resume):
+            yield _event_frame(event)
+
+    async def follow_message(
+        self, address: str, offset: str, before: str | None, resume: str | None = None
+    ) -> AsyncGenerator[Event, None]:
+        """The events of the run that the message at inbox `offset` starts, through its
+        terminal event; `before` is the entity's offset from before the send (where to
+        look for that run if it has not started yet), `resume` an event offset to
+        continue after. A retried send (same idempotency key) finds its run again.
+        The run may wait behind others in the inbox: so does this."""
         runs = (await self.rt.state(address)).get("runs", {})
         run = next((r for r, info in runs.items() if info.get("inbox") == offset), None)
         start = resume or (runs[run].get("after") if run is not None else before)
-        async for event in self.hub.follow(address, start):
-            if run is None:
-                if event.kind == "run.started" and event.data.inbox == offset:
-                    run = event.run
-                else:
+        async with contextlib.aclosing(self.hub.follow(address, start)) as events:
+            async for event in events:
+                if run is None:
+                    if event.kind == "run.started" and event.data.inbox == offset:
+                        run = event.run
+                    else:
+                        continue
+                if event.run != run:
                     continue
-            if event.run != run:
-                continue
-            yield _event_frame(event)
-            if event.kind in TERMINAL_KINDS:
-                return
+                yield event
+                if event.kind in TERMINAL_KINDS:
+                    return
 
     async def signal(self, request: Request) -> Response:
         address = self._address(request, "send")

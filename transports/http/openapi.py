@@ -21,6 +21,14 @@ from .entities import (
     Signalled,
 )
 from .errors import Error
+from .openai_compat import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ModelCard,
+    ModelList,
+    OpenAIErrorBody,
+)
 
 _MODELS = (
     SendRequest,
@@ -36,6 +44,12 @@ _MODELS = (
     Signalled,
     Event,
     Error,
+    ChatCompletionRequest,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ModelList,
+    ModelCard,
+    OpenAIErrorBody,
 )
 
 
@@ -81,14 +95,23 @@ def _query(name: str, description: str, **schema: Any) -> dict[str, Any]:
     }
 
 
+_OPENAI_ERRORS = {
+    "400": _json(OpenAIErrorBody, "Bad input; `param` names the field"),
+    "401": _json(OpenAIErrorBody, "No API key, or an unknown one"),
+    "403": _json(OpenAIErrorBody, "The key lacks the scope or the entity type"),
+    "404": _json(OpenAIErrorBody, "The model is not an agent; the message lists the agents"),
+}
+
+
 def _op(
     summary: str,
     responses: dict[str, Any],
     parameters: list[dict[str, Any]] | None = None,
     body: dict[str, Any] | None = None,
     scope: str | None = "read",
+    errors: dict[str, Any] = _ERRORS,
 ) -> dict[str, Any]:
-    op: dict[str, Any] = {"summary": summary, "responses": {**responses, **_ERRORS}}
+    op: dict[str, Any] = {"summary": summary, "responses": {**responses, **errors}}
     if parameters:
         op["parameters"] = parameters
     if body is not None:
@@ -270,6 +293,64 @@ def build_openapi(version: str, streams: bool) -> dict[str, Any]:
                 scope="send",
             )
         },
+    }
+    paths["/v1/chat/completions"] = {
+        "post": _op(
+            "OpenAI-compatible Chat Completions: the last user message goes to the agent "
+            "`model`, entity id from X-Wakeful-Entity, else `user`, else a new one (returned "
+            "in X-Wakeful-Entity); with `stream: true`, chat.completion.chunk events then "
+            "[DONE]",
+            {
+                "200": {
+                    "description": "The run's answer (`wakeful` tells its run, status and "
+                    "what a suspended run waits for), or the chunk stream",
+                    "content": {
+                        "application/json": {"schema": _ref(ChatCompletion)},
+                        "text/event-stream": {"schema": {}},
+                    },
+                },
+                "409": _json(
+                    OpenAIErrorBody, "The run was cancelled, or the entity waits for an approval"
+                ),
+                "500": _json(OpenAIErrorBody, "The run failed"),
+                "502": _json(OpenAIErrorBody, "The run failed: the model API (llm_api_error)"),
+            },
+            [
+                {
+                    "name": "X-Wakeful-Entity",
+                    "in": "header",
+                    "required": False,
+                    "schema": {"type": "string"},
+                },
+                {
+                    "name": "Idempotency-Key",
+                    "in": "header",
+                    "required": False,
+                    "schema": {"type": "string"},
+                },
+            ],
+            {
+                "required": True,
+                "content": {"application/json": {"schema": _ref(ChatCompletionRequest)}},
+            },
+            scope="send",
+            errors=_OPENAI_ERRORS,
+        )
+    }
+    paths["/v1/models"] = {
+        "get": _op(
+            "The agents, as OpenAI models",
+            {"200": _json(ModelList, "Agent types")},
+            errors=_OPENAI_ERRORS,
+        )
+    }
+    paths["/v1/models/{model}"] = {
+        "get": _op(
+            "One agent, as an OpenAI model",
+            {"200": _json(ModelCard, "The agent type")},
+            [_path("model")],
+            errors=_OPENAI_ERRORS,
+        )
     }
     if streams:
         name = _path("name")
