@@ -29,9 +29,13 @@ import re
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+import msgspec
+
 from wakeful.runtime import Context, Registry, TerminalError, Wake
 
+from .embeddings import Embedder
 from .models import Model, Reply, ToolCall
+from .routing import Capability, Decision, Router, Rule
 from .tools import InvalidToolCall, Tool
 
 __all__ = ["Agent"]
@@ -53,6 +57,13 @@ class Agent:
         subagents: Iterable[Agent] = (),
         inline_subagents: bool = False,
         mode: str = "classic",
+        strategy: str = "reasoning",
+        rules: Iterable[Rule] = (),
+        default: str | None = None,
+        background: str | None = None,
+        embedder: Embedder | None = None,
+        router_model: Model | None = None,
+        capabilities: Iterable[Capability] = (),
         max_iterations: int = 100,
         max_messages: int = 50,
         max_tokens: int | None = None,
@@ -79,6 +90,23 @@ class Agent:
             raise ValueError(f"agent {name!r} cannot be its own sub-agent")
         self.inline_subagents = inline_subagents
         self.mode = mode
+        if strategy not in ("reasoning", "route"):
+            raise ValueError(f"strategy {strategy!r}: use 'reasoning' or 'route'")
+        self.strategy = strategy
+        self.router: Router | None = None
+        if strategy == "route":
+            if not self.tools and not self.subagents:
+                raise ValueError(f"agent {name!r}: route mode needs tools or sub-agents")
+            self.router = Router(
+                rules,
+                default=default,
+                embedder=embedder,
+                model=router_model or model,
+                capabilities=self._capabilities(capabilities),
+                background=background,
+            )
+        elif list(rules) or default is not None or background is not None:
+            raise ValueError("rules, default and background are for strategy='route'")
         self.max_iterations = max_iterations
         self.max_messages = max_messages
         self.max_tokens = max_tokens
@@ -90,6 +118,22 @@ class Agent:
 
     def __repr__(self) -> str:
         return f"Agent({self.name!r})"
+
+    def _capabilities(self, guidance: Iterable[Capability]) -> list[Capability]:
+        """What a route may name: the tools and the sub-agents, with the when-to-use
+        guidance of `guidance` (by name) for the routing model."""
+        given: dict[str, Capability | None] = {c.name: c for c in guidance}
+        out: list[Capability] = []
+        for name, tool in self.tools.items():
+            out.append(given.pop(name, None) or Capability.of_tool(tool))
+        for name, sub in self.subagents.items():
+            out.append(given.pop(name, None) or Capability(name, sub.description))
+        if given:
+            raise ValueError(
+                f"capabilities {sorted(given)} are neither tools nor sub-agents of "
+                f"agent {self.name!r}"
+            )
+        return out
 
     def register(self, registry: Registry) -> None:
         """Register this agent as the entity type `name`, and its sub-agents (unless they
@@ -137,6 +181,10 @@ class Agent:
             history.append(message)
 
         save({"role": "user", "content": _content(wake)})
+        if self.router is not None:
+            outcome = await self.route(ctx, wake, history, save)
+            ctx.stop_reason = outcome["stop_reason"]
+            return outcome
         summary = await self._summary(ctx, history)
         outcome = await self.reason(ctx, history, save, summary=summary)
         ctx.stop_reason = outcome["stop_reason"]
@@ -190,6 +238,117 @@ class Agent:
             for (_, call), content in zip(calls, await self._calls(ctx, calls), strict=True):
                 save({"role": "tool", "tool_call_id": call.id, "content": content})
         return {"text": "", "stop_reason": "max_steps"}
+
+    # -- route mode -----------------------------------------------------------------
+
+    async def route(
+        self,
+        ctx: Context,
+        wake: Wake,
+        history: list[dict[str, Any]],
+        save: Callable[[dict[str, Any]], None],
+    ) -> dict[str, Any]:
+        """One routing decision (the step `route`), then the routed tool or sub-agent,
+        with the background action beside it; the routed one's output is the reply.
+        With no route, the model answers once, without tools."""
+        assert self.router is not None
+        router = self.router
+        text = str(history[-1]["content"])
+
+        async def decide() -> dict[str, Any]:
+            decision = await router.decide(text, wake.payload, ctx.state)
+            return msgspec.to_builtins(decision)  # type: ignore[no-any-return]
+
+        try:
+            decision = msgspec.convert(await ctx.step("route", decide), Decision)
+        except TerminalError as exc:  # the embedder or the routing model failed
+            raise TerminalError(str(exc), reason="llm_api_error") from exc
+        ctx.state["routes"][ctx.run] = {
+            "route": decision.route,
+            "how": decision.how,
+            "rule": decision.rule,
+            "background": decision.background,
+        }
+        tag = ctx.run[4:]
+        routed = self._routed(ctx, decision, text, f"route-{tag}")
+        if decision.background is None:
+            reply = await routed
+        elif self._needs_order(decision.route or "") or self._needs_order(decision.background):
+            # their steps must keep their order: one after the other, the background first
+            # when the routed one may wait for an approval
+            background = self._background(
+                ctx, decision.background, text, decision.arguments, f"background-{tag}"
+            )
+            tool = self.tools.get(decision.route or "")
+            if tool is not None and tool.requires_approval:
+                await background
+                reply = await routed
+            else:
+                reply = await routed
+                await background
+        else:
+            reply, _ = await asyncio.gather(
+                routed,
+                self._background(
+                    ctx, decision.background, text, decision.arguments, f"background-{tag}"
+                ),
+            )
+        save({"role": "assistant", "content": reply})
+        return {"text": reply, "stop_reason": "end_turn"}
+
+    async def _routed(self, ctx: Context, decision: Decision, text: str, call_id: str) -> str:
+        target = decision.route
+        if target is None:
+            messages = self._window(ctx_history(text), None)
+            try:
+                raw = await ctx.step("model", self._ask, ctx, messages, [], True)
+            except TerminalError as exc:
+                raise TerminalError(str(exc), reason="llm_api_error") from exc
+            ctx.end_text()
+            return str(raw.get("text", ""))
+        arguments = decision.arguments
+        if target in self.subagents and not (arguments and "task" in arguments):
+            arguments = {"task": text}
+        elif target in self.tools and arguments is None:
+            arguments = await self._fill(ctx, self.tools[target], text)
+        content = await self._invoke(ctx, call_id, ToolCall(call_id, target, arguments))
+        return str(await ctx.step("reply", self._say, ctx, content))
+
+    async def _fill(self, ctx: Context, tool: Tool, text: str) -> dict[str, Any]:
+        """Arguments for a tool a route names without giving them: none if it needs
+        none, else the model's, offered only that tool."""
+        try:
+            return tool.validate({})
+        except InvalidToolCall:
+            pass
+        messages = self._window(ctx_history(text), None)
+        raw = await ctx.step("arguments", self._ask, ctx, messages, [tool.spec()], False)
+        for call in raw.get("tool_calls", []):
+            if call.get("name") == tool.name:
+                args = call.get("arguments")
+                return args if isinstance(args, dict) else {"raw": args}
+        return {}
+
+    async def _background(
+        self, ctx: Context, name: str, text: str, given: dict[str, Any] | None, call_id: str
+    ) -> None:
+        """The background action: its outcome goes to the collection `background`, by
+        capability name, and never into the reply; a failure is recorded, not raised. A
+        tool gets the rule's arguments when they fit it, else the model's."""
+        arguments: dict[str, Any] | None = {"task": text} if name in self.subagents else None
+        tool = self.tools.get(name)
+        if tool is not None:
+            try:
+                arguments = tool.validate(given)
+            except InvalidToolCall:
+                arguments = await self._fill(ctx, tool, text)
+        content = await self._invoke(ctx, call_id, ToolCall(call_id, name, arguments))
+        ctx.state["background"][name] = {"run": ctx.run, "result": content}
+
+    def _say(self, ctx: Context, text: str) -> str:
+        """The routed action's output as the reply, streamed to observers."""
+        ctx.emit_text(text)
+        return text
 
     async def _ask(
         self,
@@ -350,6 +509,11 @@ SUMMARY_PROMPT = (
     "messages given into one concise summary: facts, decisions, names, numbers and "
     "open tasks. Answer with the summary only."
 )
+
+
+def ctx_history(text: str) -> list[dict[str, Any]]:
+    """The one message a route mode model step sees besides the instructions."""
+    return [{"role": "user", "content": text}]
 
 
 def _quiet(_: str) -> None:
