@@ -148,6 +148,8 @@ def test_demo_plays_the_whole_scenario(tmp_path: Path) -> None:
         text=True,
         timeout=60,
         cwd=tmp_path,
+        # the scripted models, whatever the environment holds
+        env={k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")},
     )
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
@@ -160,6 +162,13 @@ def test_demo_plays_the_whole_scenario(tmp_path: Path) -> None:
         "spawned /worker/",
         "all workers done",
         "timer remind fired",
+        "spawned /researcher/",  # a sub-agent
+        "c3 approved (refund ok)",  # an agent's tool approval
+        "routed by rule 'parcels' to track_parcel, with note_interest in the background",
+        "server stopped, with the run waiting for approval",
+        "suspended, requires_approval",
+        "c3 approved (approved after the restart)",
+        "79.00 EUR are on their way to your card",
         "demo done in",
     ):
         assert expected in out, expected
