@@ -1,7 +1,8 @@
 """Ready-made entity kinds on top of the runtime: the agent loop (reasoning), tools,
 the model protocol and its adapters (ScriptedModel, OpenAIChat, AnthropicMessages),
 route mode's router (rules, LLM routing) and the embedders its semantic conditions
-use. Sub-agents come next. Uses only the public API of `wakeful.runtime`."""
+use; sub-agents are agents given to `Agent(subagents=[...])`. Uses only the public
+API of `wakeful.runtime`."""
 
 from __future__ import annotations
 
