@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -63,6 +64,14 @@ def retry_after(response: httpx.Response) -> float | None:
         return min(float(raw), 60.0) if raw is not None else None
     except ValueError:
         return None
+
+
+def openai_endpoint(base_url: str | None, api_key: str | None) -> tuple[str, dict[str, str]]:
+    """The base URL and auth headers of an OpenAI-compatible API: the arguments, else
+    `OPENAI_BASE_URL` and `OPENAI_API_KEY`, else OpenAI's URL and no key."""
+    key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
+    url = base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
+    return url, {"Authorization": f"Bearer {key}"} if key else {}
 
 
 class HTTPModel:

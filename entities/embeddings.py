@@ -17,13 +17,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import math
-import os
 import re
 from typing import Any, Protocol
 
 import httpx
 
-from ._retry import HTTPModel
+from ._retry import HTTPModel, openai_endpoint
 from .models import ModelError
 
 __all__ = [
@@ -78,15 +77,8 @@ class OpenAIEmbeddings(HTTPModel):
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
-        key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
-        super().__init__(
-            base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1",
-            {"Authorization": f"Bearer {key}"} if key else {},
-            timeout,
-            max_retries,
-            backoff,
-            transport,
-        )
+        url, headers = openai_endpoint(base_url, api_key)
+        super().__init__(url, headers, timeout, max_retries, backoff, transport)
         self.model = model
         self.dimensions = dimensions
         self.batch_size = batch_size

@@ -4,13 +4,12 @@ compatible server, over httpx."""
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from typing import Any
 
 import httpx
 
-from ._retry import HTTPModel
+from ._retry import HTTPModel, openai_endpoint
 from .models import ModelError, Reply, ToolCall
 
 __all__ = ["OpenAIChat"]
@@ -37,15 +36,8 @@ class OpenAIChat(HTTPModel):
         extra: dict[str, Any] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
-        super().__init__(
-            base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1",
-            {"Authorization": f"Bearer {key}"} if key else {},
-            timeout,
-            max_retries,
-            backoff,
-            transport,
-        )
+        url, headers = openai_endpoint(base_url, api_key)
+        super().__init__(url, headers, timeout, max_retries, backoff, transport)
         self.model = model
         self.extra = extra or {}
 

@@ -12,6 +12,7 @@ import asyncio
 import secrets
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -52,6 +53,17 @@ async def _follow_until(client: Client, address: str, key: str, timeout: float =
                 return
 
 
+async def _follow_approving(client: Client, address: str, payload: Any, reason: str) -> None:
+    """Send `payload` and show the run it starts, approving what it asks for."""
+    render = Renderer(address)
+    async for event in client.send_and_follow(address, payload):
+        render(event)
+        if event.kind == "approval.requested":
+            call = event.data.call_id
+            click.echo(click.style(f"    … approving {call} over HTTP", dim=True))
+            await client.approve(address, call, True, reason)
+
+
 async def scenario(client: Client, url: str) -> None:
     tag = secrets.token_hex(3)
 
@@ -69,13 +81,7 @@ async def scenario(client: Client, url: str) -> None:
 
     _title("3. a tool call waits for approval (the wait survives restarts)")
     ops = f"/ops/{tag}"
-    render = Renderer(ops)
-    async for event in client.send_and_follow(ops, {"region": "eu"}):
-        render(event)
-        if event.kind == "approval.requested":
-            call = event.data.call_id
-            click.echo(click.style(f"    … approving {call} over HTTP", dim=True))
-            await client.approve(ops, call, True, "ok from the demo")
+    await _follow_approving(client, ops, {"region": "eu"}, "ok from the demo")
 
     _title("4. a parent spawns workers; each one's completion wakes it")
     research = f"/research/{tag}"
@@ -89,13 +95,7 @@ async def scenario(client: Client, url: str) -> None:
 
     _title("6. an agent: a model, tools, a sub-agent and an approval (durable)")
     assistant = f"/assistant/{tag}"
-    render = Renderer(assistant)
-    async for event in client.send_and_follow(assistant, {"text": "Please refund order o-17."}):
-        render(event)
-        if event.kind == "approval.requested":
-            call = event.data.call_id
-            click.echo(click.style(f"    … approving {call} over HTTP", dim=True))
-            await client.approve(assistant, call, True, "refund ok")
+    await _follow_approving(client, assistant, {"text": "Please refund order o-17."}, "refund ok")
     children = (await client.state(assistant))["state"]["children"]
     for child in children:
         click.echo(click.style(f"    the sub-agent ran as its own entity: {child}", dim=True))
