@@ -1,5 +1,6 @@
 """Durable runs survive SIGKILL at random moments; classic runs in flight are closed as
-worker_lost; every step is recorded once and no recorded step runs again."""
+worker_lost; every step is recorded once and no recorded step runs again; a durable
+`ctx.call` messages its child once and gets its answer."""
 
 from __future__ import annotations
 
@@ -18,12 +19,20 @@ from wakeful.transports.sqlite import SQLiteStore
 from .invariants import check_all_ended
 
 WORKER = Path(__file__).with_name("crash_runs_worker.py")
-DURABLE, CLASSIC, KILLS = 480, 120, 20
+DURABLE, CLASSIC, CALLERS, KILLS = 480, 120, 40, 20
 
 
 def start(db: Path, side: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, str(WORKER), str(db), str(side), str(DURABLE), str(CLASSIC)],
+        [
+            sys.executable,
+            str(WORKER),
+            str(db),
+            str(side),
+            str(DURABLE),
+            str(CLASSIC),
+            str(CALLERS),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -56,8 +65,8 @@ async def test_sigkill_twenty_times_then_everything_completes_once(tmp_path: Pat
     async with SQLiteStore(db) as store:
         streams = {
             f"/{t}/{i}": await store.read(f"/{t}/{i}")
-            for t in ("job", "chat")
-            for i in await store.entities(t)
+            for t in ("job", "chat", "caller", "sub")
+            for i in await store.entities(t, limit=10_000)
         }
         assert await store.runs(status="active") == []
     completed_at: dict[str, float] = {}
@@ -69,8 +78,23 @@ async def test_sigkill_twenty_times_then_everything_completes_once(tmp_path: Pat
     durable_done = 0
     worker_lost = 0
     classic_done = 0
+    callers_done = 0
     for address, events in streams.items():
         check_all_ended(events)
+        if address.startswith(("/caller/", "/sub/")):
+            assert not [e for e in events if e.kind == "run.failed"], address
+            if address.startswith("/sub/"):  # messaged once, answered once
+                assert [e.kind for e in events].count("run.completed") == 1, address
+                continue
+            for e in events:
+                if e.kind == "run.completed":
+                    callers_done += 1
+                    spawned = [x for x in events if x.kind == "child.spawned" and x.run == e.run]
+                    answers = [x for x in events if x.kind == "child.finished" and x.run == e.run]
+                    assert len(spawned) == len(answers) == 3, f"{address} {e.run}"
+                    n = (spawned[0].data.payload or {})["n"]
+                    assert e.data.result == 2 * n + 2 * (n + 1) + 2 * (n + 2)
+            continue
         assert not [e for e in events if e.kind == "run.failed" and address.startswith("/job/")]
         if address.startswith("/job/"):
             durable_done += sum(e.kind == "run.completed" for e in events)
@@ -91,10 +115,19 @@ async def test_sigkill_twenty_times_then_everything_completes_once(tmp_path: Pat
             assert all(e.data.reason == "worker_lost" for e in lost)
             worker_lost += len(lost)
     assert durable_done == DURABLE
+    assert callers_done == CALLERS
+    callers_resumed = sum(
+        e.kind == "run.resumed" and e.data.trigger == "resume"
+        for address, events in streams.items()
+        if address.startswith("/caller/")
+        for e in events
+    )
+    assert callers_resumed >= 1, "no caller was waiting for a call at any of the kills"
+    assert len([a for a in streams if a.startswith("/sub/")]) == 3 * CALLERS
     assert classic_done + worker_lost == CLASSIC
     assert worker_lost >= 1, "no classic run was in flight at any of the kills"
     assert resumed >= 1, "no durable run was in flight at any of the kills"
-    print(f"kills={KILLS} resumed={resumed} worker_lost={worker_lost}")
+    print(f"kills={KILLS} resumed={resumed} callers={callers_resumed} worker_lost={worker_lost}")
 
     executions = sqlite3.connect(side).execute("SELECT key, at FROM effects").fetchall()
     assert {key for key, _ in executions} == set(completed_at)
