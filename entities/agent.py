@@ -174,10 +174,15 @@ class Agent:
 
     async def handle(self, ctx: Context, wake: Wake) -> object:
         conversation = ctx.state["conversation"]
-        history = [conversation[k] for k in sorted(conversation)]
+        count = len(conversation)  # keys are 0, 1, 2 … in 8 digits
+        # the model sees at most the last max_messages: read no more than those
+        start = max(0, count - self.max_messages)
+        history = [conversation[_key(i)] for i in range(start, count)]
 
         def save(message: dict[str, Any]) -> None:
-            _add(conversation, message)
+            nonlocal count
+            conversation[_key(count)] = message
+            count += 1
             history.append(message)
 
         save({"role": "user", "content": _content(wake)})
@@ -185,7 +190,7 @@ class Agent:
             outcome = await self.route(ctx, wake, history, save)
             ctx.stop_reason = outcome["stop_reason"]
             return outcome
-        summary = await self._summary(ctx, history)
+        summary = await self._summary(ctx, conversation, count)
         outcome = await self.reason(ctx, history, save, summary=summary)
         ctx.stop_reason = outcome["stop_reason"]
         return outcome
@@ -471,7 +476,7 @@ class Agent:
             system = f"{system}\n\nSummary of the earlier conversation:\n{summary}".strip()
         return ([{"role": "system", "content": system}] if system else []) + recent
 
-    async def _summary(self, ctx: Context, history: list[dict[str, Any]]) -> str | None:
+    async def _summary(self, ctx: Context, conversation: Any, count: int) -> str | None:
         """With `summarize`, a summary of the messages before the window: brought up to
         date (as the step `summarize`) once half a window's worth has fallen out, and
         kept in the collection `memory`."""
@@ -480,7 +485,7 @@ class Agent:
         memory = ctx.state["memory"]
         summary = str(memory.get("summary") or "")
         upto = int(memory.get("summary_upto") or 0)
-        cut = len(history) - self.max_messages
+        cut = count - self.max_messages
         if cut - upto >= max(1, self.max_messages // 2):
             prompt = [
                 {"role": "system", "content": SUMMARY_PROMPT},
@@ -488,7 +493,7 @@ class Agent:
                     "role": "user",
                     "content": (f"Summary so far:\n{summary}\n\n" if summary else "")
                     + "Conversation to add:\n"
-                    + "\n".join(_line(m) for m in history[upto:cut]),
+                    + "\n".join(_line(conversation[_key(i)]) for i in range(upto, cut)),
                 },
             ]
             try:
@@ -557,8 +562,9 @@ def _line(message: dict[str, Any]) -> str:
     return f"{message.get('role', '?')}: {text}"
 
 
-def _add(conversation: Any, message: dict[str, Any]) -> None:
-    conversation[f"{len(conversation):08d}"] = message
+def _key(index: int) -> str:
+    """The key of the conversation's `index`th message."""
+    return f"{index:08d}"
 
 
 def _content(wake: Wake) -> str:

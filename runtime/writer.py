@@ -54,6 +54,7 @@ class Writer:
         self._outbox: list[Envelope] = []
         self._consumed: list[str] = []
         self._flushing = False
+        self._hurry = asyncio.Event()
         self._last_flush = 0.0
         self.failed: BaseException | None = None
         """The error of a background flush; the next commit raises it."""
@@ -76,6 +77,7 @@ class Writer:
         """Buffer an outgoing message; it is committed in the background (or with the
         next commit), together with the events buffered before it."""
         self._outbox.append(envelope)
+        self._hurry.set()  # another entity waits for it: no flush interval
         self.schedule()
 
     def hold(self, data: ev.EventData, run: str | None) -> None:
@@ -109,8 +111,13 @@ class Writer:
     async def _flush_soon(self) -> None:
         delay = self._last_flush + self._interval - time.monotonic()
         try:
-            if delay > 0:
-                await asyncio.sleep(delay)
+            if delay > 0 and not self._outbox:
+                self._hurry.clear()
+                try:
+                    async with asyncio.timeout(delay):
+                        await self._hurry.wait()
+                except TimeoutError:
+                    pass  # the interval is over
         finally:
             self._flushing = False
         if self.failed is None and (self._events or self._consumed or self._outbox):
