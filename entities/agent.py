@@ -36,7 +36,7 @@ from wakeful.runtime import Context, Registry, TerminalError, Wake
 from .embeddings import Embedder
 from .models import Model, Reply, ToolCall
 from .routing import Capability, Decision, Router, Rule
-from .tools import InvalidToolCall, Tool
+from .tools import InvalidToolCall, Tool, function_spec
 
 __all__ = ["Agent"]
 
@@ -151,24 +151,7 @@ class Agent:
 
     def spec(self) -> dict[str, Any]:
         """This agent as a tool another agent's model can call."""
-        return {
-            "type": "function",
-            "function": {
-                "name": self.name,
-                "description": self.description,
-                "parameters": {
-                    "type": "object",
-                    "properties": {
-                        "task": {
-                            "type": "string",
-                            "description": "What to ask, with all the context it needs",
-                        }
-                    },
-                    "required": ["task"],
-                    "additionalProperties": False,
-                },
-            },
-        }
+        return function_spec(self.name, self.description, TASK)
 
     # -- the loop --------------------------------------------------------------------
 
@@ -508,6 +491,16 @@ class Agent:
         reply = await self.summary_model.reply(prompt, [], _quiet)
         return reply.text
 
+
+TASK: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "task": {"type": "string", "description": "What to ask, with all the context it needs"}
+    },
+    "required": ["task"],
+    "additionalProperties": False,
+}
+"""The arguments of a sub-agent called as a tool."""
 
 SUMMARY_PROMPT = (
     "You keep the memory of a long conversation. Merge the summary so far with the "

@@ -71,14 +71,7 @@ class Tool:
 
     def spec(self) -> dict[str, Any]:
         """The tool as the Chat Completions API describes a function tool."""
-        return {
-            "type": "function",
-            "function": {
-                "name": self.name,
-                "description": self.description,
-                "parameters": self.parameters,
-            },
-        }
+        return function_spec(self.name, self.description, self.parameters)
 
     def validate(self, args: Any) -> dict[str, Any]:
         """`args` (a JSON object, or its text) checked against the schema, as keyword
@@ -106,6 +99,14 @@ class Tool:
         if inspect.isawaitable(result):
             result = await result
         return result
+
+
+def function_spec(name: str, description: str, parameters: dict[str, Any]) -> dict[str, Any]:
+    """A function tool as the Chat Completions API describes it."""
+    return {
+        "type": "function",
+        "function": {"name": name, "description": description, "parameters": parameters},
+    }
 
 
 def _args_struct(fn: Callable[..., Any], name: str) -> type[msgspec.Struct]:
