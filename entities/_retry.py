@@ -7,7 +7,7 @@ import asyncio
 import json
 import os
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import httpx
@@ -64,6 +64,13 @@ def retry_after(response: httpx.Response) -> float | None:
         return min(float(raw), 60.0) if raw is not None else None
     except ValueError:
         return None
+
+
+async def sse_data(response: httpx.Response) -> AsyncIterator[str]:
+    """The `data:` fields of a streamed (server-sent events) response, line by line."""
+    async for line in response.aiter_lines():
+        if line.startswith("data:"):
+            yield line[5:].strip()
 
 
 def openai_endpoint(base_url: str | None, api_key: str | None) -> tuple[str, dict[str, str]]:

@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from ._retry import HTTPModel, Retry
+from ._retry import HTTPModel, Retry, sse_data
 from .models import ModelError, Reply, ToolCall
 
 __all__ = ["AnthropicMessages"]
@@ -82,10 +82,8 @@ class AnthropicMessages(HTTPModel):
     async def _read(self, response: httpx.Response, on_text: Callable[[str], None]) -> Reply:
         text: list[str] = []
         blocks: dict[int, dict[str, Any]] = {}
-        async for line in response.aiter_lines():
-            if not line.startswith("data:"):
-                continue
-            event = json.loads(line[5:].strip())
+        async for data in sse_data(response):
+            event = json.loads(data)
             kind = event.get("type")
             if kind == "error":
                 error = event.get("error") or {}

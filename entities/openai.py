@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from ._retry import HTTPModel, openai_endpoint
+from ._retry import HTTPModel, openai_endpoint, sse_data
 from .models import ModelError, Reply, ToolCall
 
 __all__ = ["OpenAIChat"]
@@ -64,10 +64,7 @@ class OpenAIChat(HTTPModel):
     async def _read(self, response: httpx.Response, on_text: Callable[[str], None]) -> Reply:
         text: list[str] = []
         calls: dict[int, dict[str, Any]] = {}
-        async for line in response.aiter_lines():
-            if not line.startswith("data:"):
-                continue
-            data = line[5:].strip()
+        async for data in sse_data(response):
             if data == "[DONE]":
                 break
             chunk = json.loads(data)
